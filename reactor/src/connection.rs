@@ -1,0 +1,783 @@
+//! The stream connection state machine shared by every stream transport.
+//!
+//! [`StreamConnection`] owns one protocol and one [`StreamIo`] (a socket, or an in-memory pipe in
+//! the test kit) and implements [`Transport`] for it: buffering and flow control, the close
+//! handshakes, callback ordering and panic isolation. The I/O object only moves bytes, so every
+//! stream transport behaves the same way, and the test kit exercises the very code that serves
+//! real sockets.
+//!
+//! # Close handshakes
+//!
+//! - `lose_connection`: stop delivering data; flush the write buffer; `shutdown(Write)` (FIN);
+//!   keep reading and discarding until the peer's FIN, so that closing never turns unread data
+//!   into a reset that could destroy what we just sent; then close. The whole sequence is
+//!   bounded by [`ConnectionConfig::close_timeout`], after which the connection is aborted with
+//!   [`CloseReason::CloseTimedOut`].
+//! - Peer FIN, protocol without half-close: as `lose_connection` (our pending data is still
+//!   flushed), ending with [`CloseReason::Done`].
+//! - Peer FIN, protocol with half-close: `read_connection_lost`; writing goes on.
+//! - `lose_write_connection`: flush, FIN, `write_connection_lost`; reading goes on; the
+//!   connection closes when the peer's FIN arrives too.
+//! - `abort_connection`: `SO_LINGER` 0 and close: the peer gets a reset; buffered data is
+//!   dropped.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use crate::address::Address;
+use crate::backend::{Interest, Readiness};
+use crate::buffer::WriteBuffer;
+use crate::panic::catch_unwind_message;
+use crate::protocol::Protocol;
+use crate::reactor::{Reactor, WeakReactor};
+use crate::reason::CloseReason;
+use crate::registration::Source;
+use crate::timer::DelayedCall;
+use crate::transport::{Keepalive, PeerCredentials, Producer, Transport, TransportHandle};
+
+/// Limits and timeouts of a stream connection. The defaults suit most servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Buffered bytes above which the protocol (and a push producer) is paused. Default 64 KiB.
+    pub high_watermark: usize,
+    /// Buffered bytes at or below which it is resumed. Default 16 KiB.
+    pub low_watermark: usize,
+    /// Hard limit of the write buffer: a write past it aborts the connection with
+    /// [`CloseReason::WriteBufferOverflow`]. Default 16 MiB.
+    pub max_write_buffer: usize,
+    /// How long a graceful close may take (flush, FIN, the peer's FIN) before the connection
+    /// is aborted. Default 30 s.
+    pub close_timeout: Duration,
+    /// Reads per connection per reactor turn (each up to 64 KiB) before other connections get
+    /// their turn. Default 4.
+    pub max_reads_per_turn: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            high_watermark: 64 * 1024,
+            low_watermark: 16 * 1024,
+            max_write_buffer: 16 * 1024 * 1024,
+            close_timeout: Duration::from_secs(30),
+            max_reads_per_turn: 4,
+        }
+    }
+}
+
+/// The byte pipe under a [`StreamConnection`]: a socket, or an in-memory pipe.
+///
+/// All methods are non-blocking: `read` and `write` return `WouldBlock` when they cannot make
+/// progress, and readiness is reported later through the [`Source`] given to
+/// [`attach`](StreamIo::attach), under the backend contract's level semantics. Dropping the
+/// object closes the pipe.
+pub trait StreamIo: 'static {
+    /// Reads into `buf`; `Ok(0)` is end of stream.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes some of `buf`.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Writes some of `bufs`, in order.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Sends end of stream (FIN); reading goes on.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+    /// Arranges for the coming close to reset the connection (`SO_LINGER` 0).
+    fn prepare_abort(&mut self) {}
+    /// Which readiness to report from now on.
+    fn set_interest(&mut self, interest: Interest) -> io::Result<()>;
+    /// Where to report readiness.
+    fn attach(&mut self, source: Rc<dyn Source>);
+    /// `TCP_NODELAY`.
+    fn set_no_delay(&mut self, _on: bool) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// TCP keepalive.
+    fn set_keepalive(&mut self, _keepalive: Option<&Keepalive>) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// The peer's credentials (Unix sockets).
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        None
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// `lose_connection` was called (or the peer's FIN arrived): flushing, then waiting for FIN.
+    Closing,
+    Closed,
+}
+
+// Protocol callbacks waiting to be delivered, in this order.
+const PAUSE: u8 = 1;
+const RESUME: u8 = 2;
+const READ_LOST: u8 = 4;
+const WRITE_LOST: u8 = 8;
+const PULL: u8 = 16;
+const LOST: u8 = 32;
+
+struct State {
+    wbuf: WriteBuffer,
+    phase: Phase,
+    read_paused: bool,
+    producer_paused: bool,
+    read_eof: bool,
+    write_closing: bool,
+    write_shut: bool,
+    half_close: bool,
+    /// `Some(streaming)` while a producer is registered.
+    producer: Option<bool>,
+    pending: u8,
+    scheduled: bool,
+    reason: Option<CloseReason>,
+    close_timer: Option<DelayedCall>,
+}
+
+/// A stream connection: one protocol on one [`StreamIo`]; implements [`Transport`].
+///
+/// Transports create it with [`StreamConnection::start`] and drop their reference; the
+/// reactor (through the I/O object's registration) keeps it alive until it closes.
+pub struct StreamConnection<IO: StreamIo> {
+    me: Weak<Self>,
+    reactor: WeakReactor,
+    io: RefCell<Option<IO>>,
+    st: RefCell<State>,
+    protocol: RefCell<Option<Box<dyn Protocol>>>,
+    in_callback: Cell<bool>,
+    producer: RefCell<Option<Box<dyn Producer>>>,
+    peer: Address,
+    local: Address,
+    config: ConnectionConfig,
+    on_lost: RefCell<Option<Box<dyn FnOnce(&CloseReason)>>>,
+}
+
+impl<IO: StreamIo> StreamConnection<IO> {
+    /// Starts a connection: attaches `io`, runs `connection_made`, starts reading.
+    /// `on_lost` runs after the protocol's `connection_lost` (connectors and ports use it).
+    pub fn start(
+        reactor: &Reactor,
+        io: IO,
+        protocol: Box<dyn Protocol>,
+        peer: Address,
+        local: Address,
+        config: ConnectionConfig,
+        on_lost: Option<Box<dyn FnOnce(&CloseReason)>>,
+    ) -> Rc<Self> {
+        let half_close = protocol.half_close();
+        let conn = Rc::new_cyclic(|me| StreamConnection {
+            me: me.clone(),
+            reactor: reactor.downgrade(),
+            io: RefCell::new(Some(io)),
+            st: RefCell::new(State {
+                wbuf: WriteBuffer::new(),
+                phase: Phase::Open,
+                read_paused: false,
+                producer_paused: false,
+                read_eof: false,
+                write_closing: false,
+                write_shut: false,
+                half_close,
+                producer: None,
+                pending: 0,
+                scheduled: false,
+                reason: None,
+                close_timer: None,
+            }),
+            protocol: RefCell::new(Some(protocol)),
+            in_callback: Cell::new(false),
+            producer: RefCell::new(None),
+            peer,
+            local,
+            config,
+            on_lost: RefCell::new(on_lost),
+        });
+        if let Some(io) = conn.io.borrow_mut().as_mut() {
+            io.attach(conn.clone());
+        }
+        tracing::debug!(peer = %conn.peer, local = %conn.local, "connection made");
+        conn.with_protocol(|p, t| p.connection_made(t));
+        conn.update_interest();
+        conn
+    }
+
+    /// The configuration this connection runs with.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+
+    fn rc(&self) -> Rc<Self> {
+        self.me.upgrade().expect("a live connection is referenced")
+    }
+
+    /// Runs one protocol callback with the protocol taken out of its slot (so nothing holds a
+    /// borrow while user code runs), catching panics.
+    fn call_protocol(&self, f: impl FnOnce(&mut dyn Protocol, &mut dyn Transport)) {
+        let Some(mut protocol) = self.protocol.borrow_mut().take() else {
+            return;
+        };
+        self.in_callback.set(true);
+        let mut me: &Self = self;
+        let result = catch_unwind_message(|| f(&mut *protocol, &mut me));
+        self.in_callback.set(false);
+        *self.protocol.borrow_mut() = Some(protocol);
+        if let Err(msg) = result {
+            tracing::error!(peer = %self.peer, panic = %msg, "protocol callback panicked; aborting this connection");
+            self.finish(CloseReason::Panic(msg), true);
+        }
+    }
+
+    fn with_protocol(&self, f: impl FnOnce(&mut dyn Protocol, &mut dyn Transport)) {
+        self.call_protocol(f);
+        self.deliver_pending();
+    }
+
+    fn add_pending(&self, flag: u8) {
+        let mut st = self.st.borrow_mut();
+        st.pending |= flag;
+        if self.in_callback.get() || st.scheduled {
+            return; // delivered when the current callback returns, or already scheduled
+        }
+        st.scheduled = true;
+        drop(st);
+        if let Some(reactor) = self.reactor.upgrade() {
+            let me = self.rc();
+            reactor.call_soon(move |_| {
+                me.st.borrow_mut().scheduled = false;
+                me.deliver_pending();
+            });
+        }
+    }
+
+    /// Delivers queued protocol and producer callbacks, in a fixed order.
+    fn deliver_pending(&self) {
+        loop {
+            if self.in_callback.get() {
+                return;
+            }
+            let flag = {
+                let mut st = self.st.borrow_mut();
+                if st.pending == 0 {
+                    return;
+                }
+                let flag = st.pending & st.pending.wrapping_neg(); // lowest set bit
+                st.pending &= !flag;
+                flag
+            };
+            match flag {
+                PAUSE => {
+                    self.call_producer(|p| p.pause_producing(), true);
+                    self.call_protocol(|p, t| p.pause_producing(t));
+                }
+                RESUME => {
+                    self.call_producer(|p| p.resume_producing(), true);
+                    self.call_protocol(|p, t| p.resume_producing(t));
+                }
+                READ_LOST => self.call_protocol(|p, t| p.read_connection_lost(t)),
+                WRITE_LOST => self.call_protocol(|p, t| p.write_connection_lost(t)),
+                PULL => self.call_producer(|p| p.resume_producing(), false),
+                LOST => self.deliver_lost(),
+                _ => unreachable!("unknown pending flag"),
+            }
+            self.update_interest();
+        }
+    }
+
+    fn call_producer(&self, f: impl FnOnce(&mut dyn Producer), streaming: bool) {
+        if self.st.borrow().producer != Some(streaming) {
+            return;
+        }
+        let Some(mut producer) = self.producer.borrow_mut().take() else {
+            return;
+        };
+        let result = catch_unwind_message(|| f(&mut *producer));
+        let mut slot = self.producer.borrow_mut();
+        if slot.is_none() && self.st.borrow().producer.is_some() {
+            *slot = Some(producer);
+        }
+        drop(slot);
+        if let Err(msg) = result {
+            tracing::error!(peer = %self.peer, panic = %msg, "producer panicked; aborting this connection");
+            self.finish(CloseReason::Panic(msg), true);
+        }
+    }
+
+    fn deliver_lost(&self) {
+        let reason = self.st.borrow_mut().reason.clone().unwrap_or(CloseReason::Done);
+        if let Some(mut producer) = self.producer.borrow_mut().take() {
+            if let Err(msg) = catch_unwind_message(|| producer.stop_producing()) {
+                tracing::error!(panic = %msg, "producer stop_producing panicked");
+            }
+        }
+        if let Some(mut protocol) = self.protocol.borrow_mut().take() {
+            let r = reason.clone();
+            if let Err(msg) = catch_unwind_message(move || protocol.connection_lost(r)) {
+                tracing::error!(peer = %self.peer, panic = %msg, "connection_lost panicked");
+            }
+        }
+        if let Some(hook) = self.on_lost.borrow_mut().take() {
+            if let Err(msg) = catch_unwind_message(|| hook(&reason)) {
+                tracing::error!(panic = %msg, "connection-lost hook panicked");
+            }
+        }
+    }
+
+    /// Ends the connection now: closes (or resets) the I/O object and queues `connection_lost`.
+    fn finish(&self, reason: CloseReason, reset: bool) {
+        let mut st = self.st.borrow_mut();
+        if st.phase == Phase::Closed {
+            return;
+        }
+        st.phase = Phase::Closed;
+        st.wbuf.release();
+        st.pending &= LOST | WRITE_LOST | READ_LOST;
+        if let Some(timer) = st.close_timer.take() {
+            timer.cancel();
+        }
+        tracing::debug!(peer = %self.peer, local = %self.local, reason = %reason, "connection lost");
+        st.reason = Some(reason);
+        drop(st);
+        let io = self.io.borrow_mut().take();
+        if let Some(mut io) = io {
+            if reset {
+                io.prepare_abort();
+            }
+            drop(io); // closes; may drop the registry's reference to `self` (we hold another)
+        }
+        self.add_pending(LOST);
+    }
+
+    fn fail(&self, err: io::Error) {
+        self.finish(CloseReason::from_io(err), false);
+    }
+
+    fn update_interest(&self) {
+        let st = self.st.borrow();
+        let interest = match st.phase {
+            Phase::Closed => return,
+            Phase::Open => Interest {
+                readable: !st.read_paused && !st.read_eof,
+                writable: !st.wbuf.is_empty(),
+            },
+            Phase::Closing => Interest {
+                readable: !st.read_eof,
+                writable: !st.wbuf.is_empty(),
+            },
+        };
+        drop(st);
+        let result = match self.io.borrow_mut().as_mut() {
+            Some(io) => io.set_interest(interest),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            self.fail(e);
+        }
+    }
+
+    /// Buffers what the socket did not take and applies the watermarks and the hard limit.
+    fn buffered_more(&self) {
+        let mut st = self.st.borrow_mut();
+        let len = st.wbuf.len();
+        if len > self.config.max_write_buffer {
+            drop(st);
+            tracing::warn!(peer = %self.peer, limit = self.config.max_write_buffer, "write buffer limit exceeded; aborting");
+            self.finish(
+                CloseReason::WriteBufferOverflow {
+                    limit: self.config.max_write_buffer,
+                },
+                true,
+            );
+            return;
+        }
+        let pause = len > self.config.high_watermark && !st.producer_paused;
+        if pause {
+            st.producer_paused = true;
+        }
+        drop(st);
+        if pause {
+            self.add_pending(PAUSE);
+        }
+        self.update_interest();
+    }
+
+    /// Writes out as much of the buffer as the socket takes, then moves the close handshakes on.
+    fn flush(&self) {
+        loop {
+            let mut st = self.st.borrow_mut();
+            if st.wbuf.is_empty() || st.phase == Phase::Closed {
+                break;
+            }
+            let result = match self.io.borrow_mut().as_mut() {
+                Some(io) => io.write(st.wbuf.front()),
+                None => break,
+            };
+            match result {
+                Ok(n) => st.wbuf.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    drop(st);
+                    self.fail(e);
+                    return;
+                }
+            }
+        }
+        let mut st = self.st.borrow_mut();
+        if st.phase == Phase::Closed {
+            return;
+        }
+        let mut flags = 0;
+        if st.producer_paused && st.wbuf.len() <= self.config.low_watermark {
+            st.producer_paused = false;
+            flags |= RESUME;
+        }
+        if st.wbuf.is_empty() && st.producer == Some(false) {
+            flags |= PULL;
+        }
+        drop(st);
+        if flags != 0 {
+            self.add_pending(flags);
+        }
+        self.progress_close();
+    }
+
+    /// Moves a graceful close or half-close forward once the buffer is empty.
+    fn progress_close(&self) {
+        let mut st = self.st.borrow_mut();
+        if !st.wbuf.is_empty() || st.phase == Phase::Closed {
+            return;
+        }
+        let wants_fin = st.phase == Phase::Closing || st.write_closing;
+        if !wants_fin || st.write_shut {
+            if st.phase == Phase::Closing && st.read_eof {
+                drop(st);
+                self.finish(CloseReason::Done, false);
+            }
+            return;
+        }
+        st.write_shut = true;
+        let half = st.phase == Phase::Open;
+        let read_eof = st.read_eof;
+        drop(st);
+        let result = match self.io.borrow_mut().as_mut() {
+            Some(io) => io.shutdown_write(),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            if e.kind() != io::ErrorKind::NotConnected {
+                self.fail(e);
+                return;
+            }
+        }
+        if read_eof {
+            self.finish(CloseReason::Done, false);
+        } else if half {
+            self.add_pending(WRITE_LOST);
+        }
+    }
+
+    fn on_eof(&self) {
+        let mut st = self.st.borrow_mut();
+        st.read_eof = true;
+        match st.phase {
+            Phase::Closed => {}
+            Phase::Closing => {
+                drop(st);
+                self.progress_close();
+            }
+            Phase::Open if st.write_shut => {
+                drop(st);
+                self.finish(CloseReason::Done, false);
+            }
+            Phase::Open if st.half_close => {
+                drop(st);
+                self.add_pending(READ_LOST);
+            }
+            Phase::Open => {
+                drop(st);
+                self.lose_connection();
+            }
+        }
+    }
+
+    fn read_ready(&self, reactor: &Reactor) {
+        let mut buf = reactor.take_read_buffer();
+        for _ in 0..self.config.max_reads_per_turn.max(1) {
+            let discard = {
+                let st = self.st.borrow();
+                match st.phase {
+                    Phase::Closed => break,
+                    Phase::Open if st.read_paused || st.read_eof => break,
+                    Phase::Closing if st.read_eof => break,
+                    Phase::Open => false,
+                    Phase::Closing => true,
+                }
+            };
+            let result = match self.io.borrow_mut().as_mut() {
+                Some(io) => io.read(&mut buf),
+                None => break,
+            };
+            match result {
+                Ok(0) => {
+                    self.on_eof();
+                    break;
+                }
+                Ok(n) => {
+                    if !discard {
+                        self.with_protocol(|p, t| p.data_received(t, &buf[..n]));
+                    }
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail(e);
+                    break;
+                }
+            }
+        }
+        reactor.return_read_buffer(buf);
+    }
+
+    fn arm_close_timer(&self) {
+        let Some(reactor) = self.reactor.upgrade() else {
+            return;
+        };
+        let weak = self.me.clone();
+        let timer = reactor.call_later(self.config.close_timeout, move |_| {
+            if let Some(conn) = weak.upgrade() {
+                if conn.st.borrow().phase == Phase::Closing {
+                    tracing::debug!(peer = %conn.peer, "graceful close timed out; aborting");
+                    conn.finish(CloseReason::CloseTimedOut, true);
+                }
+            }
+        });
+        self.st.borrow_mut().close_timer = Some(timer);
+    }
+}
+
+impl<IO: StreamIo> Source for StreamConnection<IO> {
+    fn ready(&self, readiness: Readiness) {
+        let Some(reactor) = self.reactor.upgrade() else {
+            return;
+        };
+        if readiness.writable {
+            self.flush();
+        }
+        if readiness.readable {
+            self.read_ready(&reactor);
+        }
+        self.deliver_pending();
+        self.update_interest();
+    }
+}
+
+impl<IO: StreamIo> Transport for StreamConnection<IO> {
+    fn write(&self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        if st.phase != Phase::Open || st.write_closing {
+            tracing::trace!(peer = %self.peer, len = data.len(), "write after close ignored");
+            return;
+        }
+        if st.wbuf.is_empty() {
+            let result = match self.io.borrow_mut().as_mut() {
+                Some(io) => io.write(data),
+                None => return,
+            };
+            match result {
+                Ok(n) if n == data.len() => return,
+                Ok(n) => st.wbuf.push(&data[n..]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    st.wbuf.push(data)
+                }
+                Err(e) => {
+                    drop(st);
+                    self.fail(e);
+                    return;
+                }
+            }
+        } else {
+            st.wbuf.push(data);
+        }
+        drop(st);
+        self.buffered_more();
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        if st.phase != Phase::Open || st.write_closing {
+            return;
+        }
+        let written = if st.wbuf.is_empty() {
+            let result = match self.io.borrow_mut().as_mut() {
+                Some(io) => io.write_vectored(bufs),
+                None => return,
+            };
+            match result {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    0
+                }
+                Err(e) => {
+                    drop(st);
+                    self.fail(e);
+                    return;
+                }
+            }
+        } else {
+            0
+        };
+        if written == total {
+            return;
+        }
+        st.wbuf.push_vectored(bufs, written);
+        drop(st);
+        self.buffered_more();
+    }
+
+    fn lose_connection(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.phase != Phase::Open {
+            return;
+        }
+        st.phase = Phase::Closing;
+        drop(st);
+        self.arm_close_timer();
+        self.progress_close();
+        self.update_interest();
+    }
+
+    fn lose_write_connection(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.phase != Phase::Open || st.write_closing {
+            return;
+        }
+        st.write_closing = true;
+        drop(st);
+        self.progress_close();
+    }
+
+    fn abort_connection(&self) {
+        self.finish(CloseReason::Aborted, true);
+    }
+
+    fn peer_address(&self) -> Address {
+        self.peer.clone()
+    }
+
+    fn local_address(&self) -> Address {
+        self.local.clone()
+    }
+
+    fn pause_reading(&self) {
+        self.st.borrow_mut().read_paused = true;
+        self.update_interest();
+    }
+
+    fn resume_reading(&self) {
+        self.st.borrow_mut().read_paused = false;
+        self.update_interest();
+    }
+
+    fn set_no_delay(&self, on: bool) -> io::Result<()> {
+        match self.io.borrow_mut().as_mut() {
+            Some(io) => io.set_no_delay(on),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn set_keepalive(&self, keepalive: Option<Keepalive>) -> io::Result<()> {
+        match self.io.borrow_mut().as_mut() {
+            Some(io) => io.set_keepalive(keepalive.as_ref()),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.io.borrow().as_ref()?.peer_credentials()
+    }
+
+    fn register_producer(&self, producer: Box<dyn Producer>, streaming: bool) {
+        if self.st.borrow().phase == Phase::Closed {
+            let mut producer = producer;
+            producer.stop_producing();
+            return;
+        }
+        let old = self.producer.borrow_mut().replace(producer);
+        if let Some(mut old) = old {
+            old.stop_producing();
+        }
+        let mut st = self.st.borrow_mut();
+        st.producer = Some(streaming);
+        let flag = if streaming {
+            if st.producer_paused {
+                PAUSE
+            } else {
+                0
+            }
+        } else {
+            PULL
+        };
+        drop(st);
+        if flag != 0 {
+            self.add_pending(flag);
+        }
+    }
+
+    fn unregister_producer(&self) {
+        self.st.borrow_mut().producer = None;
+        self.producer.borrow_mut().take();
+    }
+
+    fn buffered(&self) -> usize {
+        self.st.borrow().wbuf.len()
+    }
+
+    fn is_closing(&self) -> bool {
+        let st = self.st.borrow();
+        st.phase != Phase::Open || st.write_closing
+    }
+
+    fn handle(&self) -> TransportHandle {
+        TransportHandle::new(self.rc())
+    }
+
+    fn reactor(&self) -> Reactor {
+        self.reactor
+            .upgrade()
+            .expect("connections are only used while their reactor exists")
+    }
+}
+
+impl<IO: StreamIo> fmt::Debug for StreamConnection<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.st.borrow();
+        f.debug_struct("StreamConnection")
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .field("phase", &st.phase)
+            .field("buffered", &st.wbuf.len())
+            .finish()
+    }
+}

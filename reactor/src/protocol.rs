@@ -1,0 +1,343 @@
+//! The contracts users implement: [`Protocol`], [`Factory`] and [`ClientFactory`].
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::rc::Rc;
+
+use crate::address::Address;
+use crate::panic::catch_unwind_message;
+use crate::reason::CloseReason;
+use crate::transport::Transport;
+
+/// The per-connection logic: receives bytes and events, writes through its transport.
+///
+/// One protocol object is built per connection by a [`Factory`]. Callbacks run on the reactor
+/// thread, one at a time, never re-entrantly:
+///
+/// - [`connection_made`](Protocol::connection_made) first;
+/// - [`data_received`](Protocol::data_received) for each chunk read, in order. Chunks follow
+///   no message boundaries: one write by the peer may arrive split down to single bytes, and
+///   several may arrive joined;
+/// - [`connection_lost`](Protocol::connection_lost) exactly once, last.
+///
+/// ```
+/// use torsion_reactor::{Protocol, Transport};
+///
+/// /// Echo (RFC 862): send back whatever arrives.
+/// struct Echo;
+///
+/// impl Protocol for Echo {
+///     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+///         transport.write(data);
+///     }
+/// }
+/// ```
+///
+/// # Flow control
+///
+/// When the transport's write buffer rises above its high watermark the protocol's
+/// [`pause_producing`](Protocol::pause_producing) runs, and
+/// [`resume_producing`](Protocol::resume_producing) when it falls below the low watermark.
+/// The defaults pause and resume *reading* from this connection, which is the right
+/// back-pressure for any protocol that writes in response to what it reads (an echo server
+/// facing a client that does not read stops reading too, and its memory stays bounded).
+///
+/// # Half-close
+///
+/// By default, the peer's FIN (end of its data) makes the transport finish writing and close:
+/// `connection_lost(Done)` follows. A protocol that wants to keep writing after the peer's
+/// FIN returns `true` from [`half_close`](Protocol::half_close) and then receives
+/// [`read_connection_lost`](Protocol::read_connection_lost) instead.
+pub trait Protocol: 'static {
+    /// The connection is up; `transport` is ready for writes.
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        let _ = transport;
+    }
+
+    /// Bytes arrived from the peer.
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]);
+
+    /// The connection is closed, for `reason`; called exactly once, and last.
+    fn connection_lost(&mut self, reason: CloseReason) {
+        let _ = reason;
+    }
+
+    /// Opt in to half-close (see the trait docs). Read once, at connection start.
+    fn half_close(&self) -> bool {
+        false
+    }
+
+    /// The peer sent FIN and [`half_close`](Protocol::half_close) is on: no more data will
+    /// arrive, but writing still works until `lose_connection`.
+    fn read_connection_lost(&mut self, transport: &mut dyn Transport) {
+        transport.lose_connection();
+    }
+
+    /// Our side's FIN was sent after [`Transport::lose_write_connection`].
+    fn write_connection_lost(&mut self, transport: &mut dyn Transport) {
+        let _ = transport;
+    }
+
+    /// The write buffer rose above the high watermark: stop writing for now.
+    /// Default: pause reading from this connection.
+    fn pause_producing(&mut self, transport: &mut dyn Transport) {
+        transport.pause_reading();
+    }
+
+    /// The write buffer fell below the low watermark: writing may resume.
+    /// Default: resume reading.
+    fn resume_producing(&mut self, transport: &mut dyn Transport) {
+        transport.resume_reading();
+    }
+}
+
+impl Protocol for Box<dyn Protocol> {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        (**self).connection_made(transport)
+    }
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        (**self).data_received(transport, data)
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        (**self).connection_lost(reason)
+    }
+    fn half_close(&self) -> bool {
+        (**self).half_close()
+    }
+    fn read_connection_lost(&mut self, transport: &mut dyn Transport) {
+        (**self).read_connection_lost(transport)
+    }
+    fn write_connection_lost(&mut self, transport: &mut dyn Transport) {
+        (**self).write_connection_lost(transport)
+    }
+    fn pause_producing(&mut self, transport: &mut dyn Transport) {
+        (**self).pause_producing(transport)
+    }
+    fn resume_producing(&mut self, transport: &mut dyn Transport) {
+        (**self).resume_producing(transport)
+    }
+}
+
+/// What a factory closure may return: a protocol, or `Option` of one (`None` refuses the
+/// connection).
+pub trait IntoProtocol {
+    /// Boxes the protocol, or `None` to refuse.
+    fn into_protocol(self) -> Option<Box<dyn Protocol>>;
+}
+
+impl<P: Protocol> IntoProtocol for P {
+    fn into_protocol(self) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(self))
+    }
+}
+
+impl<P: Protocol> IntoProtocol for Option<P> {
+    fn into_protocol(self) -> Option<Box<dyn Protocol>> {
+        self.map(|p| Box::new(p) as Box<dyn Protocol>)
+    }
+}
+
+/// Builds one protocol per accepted connection (Twisted's `Factory`).
+///
+/// A closure `FnMut(&Address) -> P` (or `-> Option<P>`) taking the peer address is a factory:
+///
+/// ```
+/// use torsion_reactor::{Address, Factory, Protocol, Transport};
+/// # struct Echo;
+/// # impl Protocol for Echo { fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) { t.write(d) } }
+/// fn assert_factory(_: impl Factory) {}
+/// assert_factory(|_peer: &Address| Echo);
+/// // Refuse everything but loopback peers:
+/// assert_factory(|peer: &Address| {
+///     peer.socket_addr().filter(|a| a.ip().is_loopback()).map(|_| Echo)
+/// });
+/// ```
+pub trait Factory: 'static {
+    /// Builds the protocol for a connection from `peer` to `local`, or `None` to refuse it
+    /// (the socket is closed at once).
+    fn build_protocol(&mut self, peer: &Address, local: &Address) -> Option<Box<dyn Protocol>>;
+
+    /// Runs when the first listening port using this factory starts.
+    fn start_factory(&mut self) {}
+
+    /// Runs when the last listening port using this factory stops.
+    fn stop_factory(&mut self) {}
+}
+
+impl<F, R> Factory for F
+where
+    F: FnMut(&Address) -> R + 'static,
+    R: IntoProtocol,
+{
+    fn build_protocol(&mut self, peer: &Address, _local: &Address) -> Option<Box<dyn Protocol>> {
+        self(peer).into_protocol()
+    }
+}
+
+struct SharedInner {
+    factory: RefCell<Box<dyn Factory>>,
+    ports: Cell<usize>,
+}
+
+/// A factory shared by several listening ports.
+///
+/// `start_factory` runs when the first port starts and `stop_factory` when the last one stops,
+/// however many ports share it. Every `listen_*` accepts a plain [`Factory`] (converted into a
+/// one-port `SharedFactory`) or a clone of one of these.
+#[derive(Clone)]
+pub struct SharedFactory {
+    inner: Rc<SharedInner>,
+}
+
+impl SharedFactory {
+    /// Wraps a factory for sharing.
+    pub fn new(factory: impl Factory) -> Self {
+        SharedFactory {
+            inner: Rc::new(SharedInner {
+                factory: RefCell::new(Box::new(factory)),
+                ports: Cell::new(0),
+            }),
+        }
+    }
+
+    /// Builds a protocol; `Err` carries the message if the factory panicked, `Ok(None)` is a
+    /// refusal.
+    pub fn build(&self, peer: &Address, local: &Address) -> Result<Option<Box<dyn Protocol>>, String> {
+        let Ok(mut factory) = self.inner.factory.try_borrow_mut() else {
+            return Err("factory re-entered while building a protocol".into());
+        };
+        catch_unwind_message(|| factory.build_protocol(peer, local))
+    }
+
+    /// Records that a port started using the factory (runs `start_factory` for the first).
+    pub fn port_started(&self) {
+        let n = self.inner.ports.get();
+        self.inner.ports.set(n + 1);
+        if n == 0 {
+            self.call("start_factory", |f| f.start_factory());
+        }
+    }
+
+    /// Records that a port stopped (runs `stop_factory` after the last).
+    pub fn port_stopped(&self) {
+        let n = self.inner.ports.get();
+        if n == 0 {
+            return;
+        }
+        self.inner.ports.set(n - 1);
+        if n == 1 {
+            self.call("stop_factory", |f| f.stop_factory());
+        }
+    }
+
+    fn call(&self, what: &str, f: impl FnOnce(&mut dyn Factory)) {
+        if let Ok(mut factory) = self.inner.factory.try_borrow_mut() {
+            if let Err(msg) = catch_unwind_message(|| f(&mut **factory)) {
+                tracing::error!(panic = %msg, "factory {what} panicked");
+            }
+        }
+    }
+}
+
+impl<F: Factory> From<F> for SharedFactory {
+    fn from(factory: F) -> Self {
+        SharedFactory::new(factory)
+    }
+}
+
+impl fmt::Debug for SharedFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedFactory")
+            .field("ports", &self.inner.ports.get())
+            .finish()
+    }
+}
+
+/// The operations a [`Connector`] offers; implemented by each transport's connector.
+pub trait ConnectorOps {
+    /// Starts a new connection attempt (for example to reconnect after a failure). Ignored if
+    /// one is in progress or connected.
+    fn connect(&self);
+    /// Abandons the attempt in progress; the factory sees `client_connection_failed`.
+    fn stop_connecting(&self);
+    /// Closes the connection if connected (gracefully), else stops connecting.
+    fn disconnect(&self);
+    /// Where the connector connects to, as given (`host:port`, a path, …).
+    fn destination(&self) -> String;
+}
+
+/// A handle to an outgoing connection attempt and its connection (Twisted's `IConnector`).
+///
+/// Passed to every [`ClientFactory`] hook, so a reconnect policy can live in the factory:
+/// call [`connect`](Connector::connect) again from `client_connection_lost`.
+#[derive(Clone)]
+pub struct Connector(Rc<dyn ConnectorOps>);
+
+impl Connector {
+    /// Wraps a transport's connector (for transport implementations).
+    pub fn new(ops: Rc<dyn ConnectorOps>) -> Self {
+        Connector(ops)
+    }
+
+    /// Starts a new attempt; see [`ConnectorOps::connect`].
+    pub fn connect(&self) {
+        self.0.connect()
+    }
+
+    /// Abandons the attempt in progress.
+    pub fn stop_connecting(&self) {
+        self.0.stop_connecting()
+    }
+
+    /// Closes the connection, or stops connecting.
+    pub fn disconnect(&self) {
+        self.0.disconnect()
+    }
+
+    /// Where this connector connects to.
+    pub fn destination(&self) -> String {
+        self.0.destination()
+    }
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("destination", &self.0.destination())
+            .finish()
+    }
+}
+
+/// A factory for outgoing connections, told how each attempt goes (Twisted's
+/// `ClientFactory`).
+///
+/// A closure `FnMut(&Address) -> P` is a client factory that ignores the events.
+pub trait ClientFactory: 'static {
+    /// Builds the protocol once connected to `peer` (`None` closes the connection).
+    fn build_protocol(&mut self, peer: &Address) -> Option<Box<dyn Protocol>>;
+
+    /// An attempt is starting.
+    fn started_connecting(&mut self, connector: &Connector) {
+        let _ = connector;
+    }
+
+    /// The attempt failed (refused, timed out, unreachable, unresolvable, …).
+    fn client_connection_failed(&mut self, connector: &Connector, reason: CloseReason) {
+        let _ = (connector, reason);
+    }
+
+    /// An established connection ended (after the protocol's `connection_lost`).
+    fn client_connection_lost(&mut self, connector: &Connector, reason: CloseReason) {
+        let _ = (connector, reason);
+    }
+}
+
+impl<F, R> ClientFactory for F
+where
+    F: FnMut(&Address) -> R + 'static,
+    R: IntoProtocol,
+{
+    fn build_protocol(&mut self, peer: &Address) -> Option<Box<dyn Protocol>> {
+        self(peer).into_protocol()
+    }
+}

@@ -1,0 +1,215 @@
+//! Registered event sources and the slot table that maps backend keys to them.
+//!
+//! A backend key is a slot index in the low 32 bits and the slot's generation in the high
+//! bits. A slot's generation is bumped every time it is freed, so an event still in flight for
+//! a closed source can never be delivered to whichever source reuses the slot.
+
+use std::cell::Cell;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd};
+use std::rc::{Rc, Weak};
+
+use crate::backend::{Interest, Readiness};
+use crate::error::{Error, Result};
+use crate::reactor::{Inner, Reactor};
+
+/// Something registered with the reactor that wants to hear about readiness.
+///
+/// Implemented by transports (connections, listening ports). `ready` is called from the
+/// reactor's dispatch loop with no reactor-internal borrow held, so it may call back into the
+/// reactor freely.
+pub trait Source {
+    /// The source's descriptor is ready as described.
+    fn ready(&self, readiness: Readiness);
+}
+
+struct Slot {
+    generation: u32,
+    source: Option<Rc<dyn Source>>,
+    occupied: bool,
+}
+
+/// The table of registered sources.
+#[derive(Default)]
+pub(crate) struct Slots {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+impl Slots {
+    pub(crate) fn reserve(&mut self) -> usize {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    source: None,
+                    occupied: false,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.occupied = true;
+        key(index, slot.generation)
+    }
+
+    pub(crate) fn set(&mut self, key: usize, source: Rc<dyn Source>) {
+        if let Some(slot) = self.lookup_mut(key) {
+            slot.source = Some(source);
+        }
+    }
+
+    /// Frees a slot; returns the source it held so the caller can drop it outside the borrow.
+    pub(crate) fn release(&mut self, key: usize) -> Option<Rc<dyn Source>> {
+        let index = (key & 0xffff_ffff) as u32;
+        let slot = self.lookup_mut(key)?;
+        slot.occupied = false;
+        slot.generation = slot.generation.wrapping_add(1);
+        let source = slot.source.take();
+        self.free.push(index);
+        source
+    }
+
+    pub(crate) fn get(&self, key: usize) -> Option<Rc<dyn Source>> {
+        let index = key & 0xffff_ffff;
+        let slot = self.slots.get(index)?;
+        if slot.occupied && slot.generation as usize == key >> 32 {
+            slot.source.clone()
+        } else {
+            None
+        }
+    }
+
+    fn lookup_mut(&mut self, key: usize) -> Option<&mut Slot> {
+        let index = key & 0xffff_ffff;
+        let slot = self.slots.get_mut(index)?;
+        (slot.occupied && slot.generation as usize == key >> 32).then_some(slot)
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub(crate) fn drain(&mut self) -> Vec<Rc<dyn Source>> {
+        self.slots
+            .iter_mut()
+            .filter_map(|s| s.source.take())
+            .collect()
+    }
+}
+
+fn key(index: u32, generation: u32) -> usize {
+    ((generation as usize) << 32) | index as usize
+}
+
+/// A descriptor registered with a reactor, owning the descriptor.
+///
+/// Owning it is what makes registration safe: the descriptor is deregistered in `Drop` before it
+/// is closed, so the backend can never report a closed (or reused) descriptor number.
+pub struct Registered<S: AsFd> {
+    io: S,
+    key: usize,
+    interest: Cell<Interest>,
+    reactor: Weak<Inner>,
+}
+
+impl<S: AsFd> Registered<S> {
+    /// Registers `io` with `reactor` under a fresh key. Readiness is delivered to the source set
+    /// with [`Registered::set_source`]; until then events are dropped.
+    pub fn new(reactor: &Reactor, io: S, interest: Interest) -> Result<Self> {
+        let inner = reactor.inner();
+        let key = inner.slots.borrow_mut().reserve();
+        let fd = io.as_fd().as_raw_fd();
+        // SAFETY: `Registered` owns `io`, and its `Drop` deregisters `fd` before `io` (a field
+        // dropped after `drop` returns) closes it.
+        if let Err(e) = unsafe { inner.backend.register(fd, key, interest) } {
+            inner.slots.borrow_mut().release(key);
+            return Err(Error::io("register with the poller", e));
+        }
+        Ok(Registered {
+            io,
+            key,
+            interest: Cell::new(interest),
+            reactor: Rc::downgrade(inner),
+        })
+    }
+
+    /// Routes this descriptor's readiness to `source`.
+    pub fn set_source(&self, source: Rc<dyn Source>) {
+        if let Some(inner) = self.reactor.upgrade() {
+            inner.slots.borrow_mut().set(self.key, source);
+        }
+    }
+
+    /// Changes the interest; a no-op (no system call) when it is unchanged.
+    pub fn set_interest(&self, interest: Interest) -> std::io::Result<()> {
+        if interest == self.interest.get() {
+            return Ok(());
+        }
+        if let Some(inner) = self.reactor.upgrade() {
+            inner
+                .backend
+                .reregister(self.io.as_fd().as_raw_fd(), self.key, interest)?;
+        }
+        self.interest.set(interest);
+        Ok(())
+    }
+
+    /// The current interest.
+    pub fn interest(&self) -> Interest {
+        self.interest.get()
+    }
+
+    /// The registered descriptor.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+}
+
+impl<S: AsFd> Drop for Registered<S> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.reactor.upgrade() {
+            let _ = inner.backend.deregister(self.io.as_fd().as_raw_fd());
+            let released = inner.slots.borrow_mut().release(self.key);
+            // The source may be the object that owns this registration: dropping it here,
+            // after the borrow ends, is what keeps that safe.
+            drop(released);
+        }
+    }
+}
+
+impl<S: AsFd> fmt::Debug for Registered<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registered")
+            .field("fd", &self.io.as_fd().as_raw_fd())
+            .field("key", &self.key)
+            .field("interest", &self.interest.get())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl Source for Nop {
+        fn ready(&self, _: Readiness) {}
+    }
+
+    #[test]
+    fn recycled_slot_rejects_stale_key() {
+        let mut slots = Slots::default();
+        let a = slots.reserve();
+        slots.set(a, Rc::new(Nop));
+        assert!(slots.get(a).is_some());
+        slots.release(a);
+        let b = slots.reserve();
+        slots.set(b, Rc::new(Nop));
+        assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "slot reused");
+        assert!(slots.get(a).is_none(), "stale key must not reach the new source");
+        assert!(slots.get(b).is_some());
+        assert_eq!(slots.live(), 1);
+    }
+}

@@ -1,0 +1,236 @@
+//! The [`Transport`] a protocol writes through, and its cloneable [`TransportHandle`].
+
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::ops::Deref;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::address::Address;
+use crate::reactor::Reactor;
+
+/// TCP keepalive settings: probe an idle connection to find peers that vanished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes (`None`: the system default).
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the connection is dropped (`None`: the system default).
+    pub count: Option<u32>,
+}
+
+impl Keepalive {
+    /// Probes after `idle` without traffic, with the system's interval and count.
+    pub fn after(idle: Duration) -> Self {
+        Keepalive {
+            idle,
+            interval: None,
+            count: None,
+        }
+    }
+}
+
+/// The credentials of the process at the other end of a Unix socket (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's process id, when the platform reports it.
+    pub pid: Option<i32>,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+}
+
+/// Something that produces data into a transport and can be paused (Twisted's `IProducer`).
+///
+/// Register one with [`Transport::register_producer`]:
+/// - a **push** producer (`streaming = true`) writes whenever it likes; the transport calls
+///   `pause_producing` when its write buffer rises above the high watermark and
+///   `resume_producing` when it falls below the low watermark;
+/// - a **pull** producer (`streaming = false`) writes only when asked: the transport calls
+///   `resume_producing` once at registration and again each time its buffer has drained.
+///
+/// `stop_producing` is called once when the connection closes. Producer callbacks take no
+/// transport argument: a producer keeps a [`TransportHandle`] to write through.
+pub trait Producer: 'static {
+    /// Stop writing until `resume_producing` (push producers only).
+    fn pause_producing(&mut self) {}
+    /// Write more (pull producers: one chunk; push producers: carry on).
+    fn resume_producing(&mut self);
+    /// The connection is gone: release resources and write no more.
+    fn stop_producing(&mut self) {}
+}
+
+/// A connection as seen by its protocol: a byte pipe with flow control.
+///
+/// Methods take `&self`: a transport is a shared handle to a connection that lives in the
+/// reactor. Every method is safe to call at any time, also after the connection closed
+/// (writes are then ignored). Calls never run protocol callbacks re-entrantly: a callback
+/// caused by a call (say `connection_lost` after `abort_connection`) runs after the current
+/// callback returns, or on the next turn.
+pub trait Transport {
+    /// Queues `data` for sending. The transport writes it straight to the socket when it can;
+    /// what the socket does not take is buffered (copied once). Ignored once closing.
+    fn write(&self, data: &[u8]);
+
+    /// Queues several buffers as one write (one system call when the socket takes them all,
+    /// with no copy).
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) {
+        for b in bufs {
+            self.write(b);
+        }
+    }
+
+    /// Closes gracefully: stops delivering data, flushes the write buffer, sends FIN, waits
+    /// (bounded by the close timeout) for the peer to finish, then closes.
+    /// `connection_lost` then receives [`CloseReason::Done`](crate::CloseReason::Done).
+    fn lose_connection(&self);
+
+    /// Half-close: flushes, then sends FIN while still reading (Twisted's
+    /// `loseWriteConnection`). The protocol's `write_connection_lost` runs once FIN is sent.
+    fn lose_write_connection(&self);
+
+    /// Closes at once: the write buffer is dropped and the peer receives a reset.
+    fn abort_connection(&self);
+
+    /// The address of the other end.
+    fn peer_address(&self) -> Address;
+
+    /// The address of this end.
+    fn local_address(&self) -> Address;
+
+    /// Stops reading from the connection (data stays in the kernel; the peer is slowed by TCP
+    /// flow control) until [`resume_reading`](Transport::resume_reading).
+    fn pause_reading(&self);
+
+    /// Resumes reading after [`pause_reading`](Transport::pause_reading).
+    fn resume_reading(&self);
+
+    /// Enables or disables Nagle's algorithm (`TCP_NODELAY`). TCP connections start with
+    /// no-delay on. Transports without the option return `Unsupported`.
+    fn set_no_delay(&self, _on: bool) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Turns TCP keepalive on with the given settings, or off with `None`.
+    fn set_keepalive(&self, _keepalive: Option<Keepalive>) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// The peer's credentials, on Unix-domain connections.
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        None
+    }
+
+    /// Registers a producer (see [`Producer`]); replaces any previous one, which is stopped.
+    fn register_producer(&self, producer: Box<dyn Producer>, streaming: bool);
+
+    /// Removes the registered producer without stopping it.
+    fn unregister_producer(&self);
+
+    /// How many bytes wait in the write buffer.
+    fn buffered(&self) -> usize;
+
+    /// `true` once the connection is closing or closed (writes are then ignored).
+    fn is_closing(&self) -> bool;
+
+    /// A cloneable handle to this connection, usable outside callbacks on the reactor thread
+    /// (for example to broadcast a chat line to every other client).
+    fn handle(&self) -> TransportHandle;
+
+    /// The reactor this connection lives on (for timers and further connections).
+    fn reactor(&self) -> Reactor;
+}
+
+impl<T: Transport + ?Sized> Transport for &T {
+    fn write(&self, data: &[u8]) {
+        (**self).write(data)
+    }
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) {
+        (**self).write_vectored(bufs)
+    }
+    fn lose_connection(&self) {
+        (**self).lose_connection()
+    }
+    fn lose_write_connection(&self) {
+        (**self).lose_write_connection()
+    }
+    fn abort_connection(&self) {
+        (**self).abort_connection()
+    }
+    fn peer_address(&self) -> Address {
+        (**self).peer_address()
+    }
+    fn local_address(&self) -> Address {
+        (**self).local_address()
+    }
+    fn pause_reading(&self) {
+        (**self).pause_reading()
+    }
+    fn resume_reading(&self) {
+        (**self).resume_reading()
+    }
+    fn set_no_delay(&self, on: bool) -> io::Result<()> {
+        (**self).set_no_delay(on)
+    }
+    fn set_keepalive(&self, keepalive: Option<Keepalive>) -> io::Result<()> {
+        (**self).set_keepalive(keepalive)
+    }
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        (**self).peer_credentials()
+    }
+    fn register_producer(&self, producer: Box<dyn Producer>, streaming: bool) {
+        (**self).register_producer(producer, streaming)
+    }
+    fn unregister_producer(&self) {
+        (**self).unregister_producer()
+    }
+    fn buffered(&self) -> usize {
+        (**self).buffered()
+    }
+    fn is_closing(&self) -> bool {
+        (**self).is_closing()
+    }
+    fn handle(&self) -> TransportHandle {
+        (**self).handle()
+    }
+    fn reactor(&self) -> Reactor {
+        (**self).reactor()
+    }
+}
+
+/// A cloneable, reactor-thread handle to a connection's [`Transport`].
+///
+/// Holding a handle does not keep the connection open; once it closes, writes through the
+/// handle are ignored and [`Transport::is_closing`] returns `true`.
+#[derive(Clone)]
+pub struct TransportHandle(Rc<dyn Transport>);
+
+impl TransportHandle {
+    /// Wraps a shared transport (for transport implementations).
+    pub fn new(transport: Rc<dyn Transport>) -> Self {
+        TransportHandle(transport)
+    }
+
+    /// `true` if both handles refer to the same connection.
+    pub fn same_connection(&self, other: &TransportHandle) -> bool {
+        std::ptr::addr_eq(Rc::as_ptr(&self.0), Rc::as_ptr(&other.0))
+    }
+}
+
+impl Deref for TransportHandle {
+    type Target = dyn Transport;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for TransportHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportHandle")
+            .field("peer", &self.0.peer_address())
+            .field("closing", &self.0.is_closing())
+            .finish()
+    }
+}
