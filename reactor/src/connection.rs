@@ -277,7 +277,10 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 }
                 READ_LOST => self.call_protocol(|p, t| p.read_connection_lost(t)),
                 WRITE_LOST => self.call_protocol(|p, t| p.write_connection_lost(t)),
-                PULL => self.call_producer(|p| p.resume_producing(), false),
+                PULL => {
+                    self.call_producer(|p| p.resume_producing(), false);
+                    self.pull_again_if_drained();
+                }
                 LOST => self.deliver_lost(),
                 _ => unreachable!("unknown pending flag"),
             }
@@ -301,6 +304,20 @@ impl<IO: StreamIo> StreamConnection<IO> {
         if let Err(msg) = result {
             tracing::error!(peer = %self.peer, panic = %msg, "producer panicked; aborting this connection");
             self.finish(CloseReason::Panic(msg), true);
+        }
+    }
+
+    /// A pull producer whose chunk went straight to the socket is asked for the next one on
+    /// the next turn (not in this loop, so other connections get their turn).
+    fn pull_again_if_drained(&self) {
+        let st = self.st.borrow();
+        if st.phase != Phase::Open || st.producer != Some(false) || !st.wbuf.is_empty() {
+            return;
+        }
+        drop(st);
+        if let Some(reactor) = self.reactor.upgrade() {
+            let me = self.rc();
+            reactor.call_soon(move |_| me.add_pending(PULL));
         }
     }
 

@@ -277,18 +277,17 @@ impl StringTransport {
         self.settle();
     }
 
-    /// Everything the protocol wrote since the last `take`, draining the pipe.
+    /// Runs the reactor until idle, then takes everything the protocol has written into the
+    /// pipe so far. Taking makes room, so a protocol with more data waiting behind a full
+    /// pipe sends it on the next `take`.
     pub fn take(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        self.settle();
+        let mut out = Vec::with_capacity(self.pending());
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match self.peer.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-            // Reading may let the protocol flush more.
-            self.settle();
+        while let Ok(n @ 1..) = self.peer.read(&mut buf) {
+            out.extend_from_slice(&buf[..n]);
         }
+        self.settle();
         out
     }
 

@@ -1,0 +1,212 @@
+//! The classic "simple services" of RFC 862–867, as Twisted's `twisted.protocols.wire`.
+//!
+//! | protocol | RFC | behaviour |
+//! |---|---|---|
+//! | [`Echo`] | 862 | sends back every byte received |
+//! | [`Discard`] | 863 | reads and drops everything |
+//! | [`Chargen`] | 864 | streams the rotating 72-character pattern until the client closes; ignores input |
+//! | [`Qotd`] | 865 | sends one quote and closes |
+//! | [`Daytime`] | 867 | sends the current date and time and closes |
+//!
+//! Each is a plain [`Protocol`], so it runs on TCP, Unix sockets, TLS and the test kit alike.
+
+
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use torsion_reactor::{Producer, Protocol, Transport, TransportHandle};
+
+/// Echo (RFC 862): writes back whatever arrives.
+///
+/// Back-pressure comes from [`Protocol`]'s defaults: when the client stops reading and the
+/// write buffer passes the high watermark, reading pauses until it drains.
+///
+/// ```
+/// use torsion_protocols::wire::Echo;
+/// use torsion_reactor::testing::{MemoryReactor, StringTransport};
+///
+/// let mr = MemoryReactor::new();
+/// let st = StringTransport::connect(&mr, Echo);
+/// st.feed(b"ping");
+/// assert_eq!(st.take(), b"ping");
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl Protocol for Echo {
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        transport.write(data);
+    }
+}
+
+/// Discard (RFC 863): reads and drops everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Discard;
+
+impl Protocol for Discard {
+    fn data_received(&mut self, _transport: &mut dyn Transport, _data: &[u8]) {}
+}
+
+/// Line length of the chargen pattern, without CRLF.
+const CHARGEN_LINE: usize = 72;
+/// The 95 printable ASCII characters the pattern rotates through.
+const CHARGEN_CHARS: usize = 95;
+/// Lines written per `resume_producing` (about 16 KiB).
+const CHARGEN_LINES_PER_CHUNK: usize = 220;
+
+/// Chargen (RFC 864): streams lines of the rotating printable-ASCII pattern for as long as the
+/// client reads, as a pull producer (it writes a chunk only when the transport's buffer has
+/// drained, so a slow client costs no memory). Input is discarded.
+#[derive(Debug, Default)]
+pub struct Chargen;
+
+struct ChargenProducer {
+    transport: TransportHandle,
+    /// Index of the first character of the next line.
+    offset: usize,
+    chunk: Vec<u8>,
+}
+
+impl ChargenProducer {
+    fn fill(&mut self) {
+        self.chunk.clear();
+        for _ in 0..CHARGEN_LINES_PER_CHUNK {
+            for i in 0..CHARGEN_LINE {
+                self.chunk
+                    .push(b' ' + ((self.offset + i) % CHARGEN_CHARS) as u8);
+            }
+            self.chunk.extend_from_slice(b"\r\n");
+            self.offset = (self.offset + 1) % CHARGEN_CHARS;
+        }
+    }
+}
+
+impl Producer for ChargenProducer {
+    fn resume_producing(&mut self) {
+        self.fill();
+        self.transport.write(&self.chunk);
+    }
+}
+
+impl Protocol for Chargen {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        let producer = ChargenProducer {
+            transport: transport.handle(),
+            offset: 0,
+            chunk: Vec::with_capacity(CHARGEN_LINES_PER_CHUNK * (CHARGEN_LINE + 2)),
+        };
+        transport.register_producer(Box::new(producer), false);
+    }
+
+    fn data_received(&mut self, _transport: &mut dyn Transport, _data: &[u8]) {}
+}
+
+/// The quote [`Qotd::default`] serves.
+pub const DEFAULT_QUOTE: &str =
+    "An apple a day keeps the doctor away.\r\n";
+
+/// Quote of the Day (RFC 865): sends one quote and closes.
+#[derive(Clone, Debug)]
+pub struct Qotd {
+    quote: Rc<str>,
+}
+
+impl Qotd {
+    /// Serves `quote` (sent as given; end it with CRLF). RFC 865 asks for at most 512 chars.
+    pub fn new(quote: impl Into<Rc<str>>) -> Self {
+        Qotd {
+            quote: quote.into(),
+        }
+    }
+}
+
+impl Default for Qotd {
+    fn default() -> Self {
+        Qotd::new(DEFAULT_QUOTE)
+    }
+}
+
+impl Protocol for Qotd {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        transport.write(self.quote.as_bytes());
+        transport.lose_connection();
+    }
+
+    fn data_received(&mut self, _transport: &mut dyn Transport, _data: &[u8]) {}
+}
+
+/// Daytime (RFC 867): sends the current date and time (`Sun, 22 Nov 2026 05:04:00 GMT\r\n`)
+/// and closes.
+#[derive(Clone, Debug, Default)]
+pub struct Daytime {
+    /// A fixed time to report instead of the system clock (for tests).
+    pub fixed: Option<SystemTime>,
+}
+
+
+impl Protocol for Daytime {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        let now = self.fixed.unwrap_or_else(SystemTime::now);
+        let line = format!("{}\r\n", httpdate::fmt_http_date(now));
+        transport.write(line.as_bytes());
+        transport.lose_connection();
+    }
+
+    fn data_received(&mut self, _transport: &mut dyn Transport, _data: &[u8]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torsion_reactor::testing::{MemoryOptions, MemoryReactor, StringTransport};
+    use torsion_reactor::CloseReason;
+
+    #[test]
+    fn echo_any_chunking() {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::with_options(&mr, Echo, MemoryOptions::chunked(1));
+        st.feed(b"hello, world");
+        assert_eq!(st.take(), b"hello, world");
+    }
+
+    #[test]
+    fn discard_writes_nothing() {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::connect(&mr, Discard);
+        st.feed(b"anything");
+        assert!(st.take().is_empty());
+        assert!(st.lost().is_none());
+    }
+
+    #[test]
+    fn chargen_pattern_rotates_and_is_paced() {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::connect(&mr, Chargen);
+        // Nobody reads: the producer stops once the pipe is full (it is a pull producer).
+        let pending = st.pending();
+        assert_eq!(pending, 256 * 1024, "fills the pipe, then waits");
+        assert!(st.transport().buffered() <= 16 * 1024, "at most one chunk buffered");
+        let out = st.take();
+        assert_eq!(out.len(), pending);
+        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').take(3).collect();
+        assert_eq!(&lines[0][..3], b" !\"");
+        assert_eq!(&lines[1][..3], b"!\"#");
+        assert_eq!(lines[0].len(), CHARGEN_LINE + 1, "72 chars and CR");
+        assert!(st.take().len() > 200 * 1024, "more flows once the client reads");
+    }
+
+    #[test]
+    fn qotd_and_daytime_close_after_sending() {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::connect(&mr, Qotd::new("hi\r\n"));
+        assert_eq!(st.take(), b"hi\r\n");
+        assert!(st.fin_received());
+        st.feed_eof();
+        assert!(matches!(st.lost(), Some(CloseReason::Done)));
+
+        let fixed = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        let st = StringTransport::connect(&mr, Daytime { fixed: Some(fixed) });
+        assert_eq!(st.take(), b"Sun, 09 Sep 2001 01:46:40 GMT\r\n");
+        assert!(st.fin_received());
+    }
+}

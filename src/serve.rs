@@ -1,0 +1,131 @@
+//! `torsion serve`: built-in protocols on endpoint strings.
+
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use torsion::protocols::wire::{Chargen, Daytime, Discard, Echo, Qotd};
+use torsion::{Address, ListeningPort, LoopingCall, Reactor, ServerEndpoint, SharedFactory};
+use torsion::reactor::ShutdownPhase;
+
+/// How long a graceful stop waits for open connections to close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The built-in protocols.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Service {
+    /// RFC 862: send back what arrives.
+    Echo,
+    /// RFC 863: drop what arrives.
+    Discard,
+    /// RFC 864: stream a character pattern.
+    Chargen,
+    /// RFC 867: send the date and time, then close.
+    Daytime,
+    /// RFC 865: send a quote, then close.
+    Qotd,
+}
+
+/// Arguments of `torsion serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The protocol to serve.
+    service: Service,
+
+    /// Where to listen, as an endpoint description: tcp:PORT[:interface=ADDR][:backlog=N],
+    /// tcp6:PORT[:interface=ADDR], unix:PATH[:mode=660]. Repeatable.
+    #[arg(long = "listen", short = 'l', value_name = "ENDPOINT", required = true)]
+    listen: Vec<String>,
+
+    /// The quote `qotd` serves.
+    #[arg(long, default_value = torsion::protocols::wire::DEFAULT_QUOTE)]
+    quote: String,
+}
+
+fn factory(service: Service, quote: &str) -> SharedFactory {
+    match service {
+        Service::Echo => SharedFactory::new(|_: &Address| Echo),
+        Service::Discard => SharedFactory::new(|_: &Address| Discard),
+        Service::Chargen => SharedFactory::new(|_: &Address| Chargen),
+        Service::Daytime => SharedFactory::new(|_: &Address| Daytime::default()),
+        Service::Qotd => {
+            let qotd = Qotd::new(quote.replace("\\r\\n", "\r\n"));
+            SharedFactory::new(move |_: &Address| qotd.clone())
+        }
+    }
+}
+
+/// Runs `torsion serve`; exit code 2 for a bad endpoint, 1 for a failure to listen.
+pub fn run(args: ServeArgs) -> ExitCode {
+    let mut endpoints = Vec::new();
+    for desc in &args.listen {
+        match ServerEndpoint::parse(desc) {
+            Ok(ep) => endpoints.push(ep),
+            Err(e) => {
+                eprintln!("torsion: bad endpoint '{desc}': {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match serve(args.service, &args.quote, &endpoints) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("torsion: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(service: Service, quote: &str, endpoints: &[ServerEndpoint]) -> torsion::Result<()> {
+    let reactor = Reactor::new()?;
+    reactor.stop_on_signals()?;
+    reactor.set_shutdown_timeout(DRAIN_TIMEOUT);
+    let factory = factory(service, quote);
+    let mut ports = Vec::new();
+    for ep in endpoints {
+        let port = ep.listen(&reactor, factory.clone())?;
+        println!("{service:?} listening on {}", describe(ep, &port));
+        ports.push(port);
+    }
+    let ports = Rc::new(ports);
+    reactor.add_shutdown_trigger(ShutdownPhase::Before, move |r| drain(r, ports));
+    reactor.run()
+}
+
+/// The endpoint as listened, with the real port when port 0 was asked for.
+fn describe(ep: &ServerEndpoint, port: &ListeningPort) -> String {
+    match (ep, port.local_address()) {
+        (ServerEndpoint::Tcp { backlog, .. }, Address::Inet(addr)) => ServerEndpoint::Tcp {
+            addr,
+            backlog: *backlog,
+        }
+        .to_string(),
+        _ => ep.to_string(),
+    }
+}
+
+/// Graceful stop: stop accepting, close every connection, hold the stop until they are gone.
+fn drain(reactor: &Reactor, ports: Rc<Vec<ListeningPort>>) {
+    for p in ports.iter() {
+        p.stop_listening();
+        p.lose_connections();
+    }
+    let open: usize = ports.iter().map(ListeningPort::connection_count).sum();
+    tracing::info!(open, "stopped listening; closing connections");
+    if open == 0 {
+        return;
+    }
+    let hold = std::cell::RefCell::new(Some(reactor.hold_shutdown()));
+    let looping = Rc::new(std::cell::RefCell::new(None::<LoopingCall>));
+    let l = looping.clone();
+    let call = LoopingCall::start(reactor, Duration::from_millis(20), false, move |_, _| {
+        if ports.iter().all(|p| p.connection_count() == 0) {
+            hold.borrow_mut().take();
+            if let Some(lc) = l.borrow_mut().take() {
+                lc.stop();
+            }
+        }
+    });
+    *looping.borrow_mut() = Some(call);
+}

@@ -1,0 +1,456 @@
+//! Outgoing connections: the connector shared by TCP and Unix.
+//!
+//! An attempt resolves the host off the reactor thread (IP literals skip this), then tries
+//! each resolved address in order until one connects. The whole attempt — resolution and every
+//! address — is bounded by the connect timeout. Each outcome reaches the
+//! [`ClientFactory`]: `started_connecting`, then either a protocol (and later
+//! `client_connection_lost`) or `client_connection_failed` with a distinct reason.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use torsion_reactor::{
+    Address, ClientFactory, CloseReason, ConnectionConfig, Connector, ConnectorOps, DelayedCall,
+    Interest, Reactor, Readiness, Registered, Source, StreamConnection, Transport,
+    TransportHandle, UnixAddress, WeakReactor,
+};
+
+use crate::socket::{SocketIo, SocketKind};
+
+/// Default time a connection attempt may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options of an outgoing connection.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Time the whole attempt (resolution and every address) may take. Default 30 s.
+    pub timeout: Duration,
+    /// Local address to bind before connecting (TCP only). Default: none.
+    pub bind: Option<SocketAddr>,
+    /// Set `TCP_NODELAY` on the connection. Default true.
+    pub no_delay: bool,
+    /// Watermarks and limits of the connection.
+    pub config: ConnectionConfig,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: DEFAULT_CONNECT_TIMEOUT,
+            bind: None,
+            no_delay: true,
+            config: ConnectionConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    Tcp { host: String, port: u16 },
+    Unix(UnixTarget),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum UnixTarget {
+    Path(PathBuf),
+    Abstract(Vec<u8>),
+}
+
+enum State {
+    Idle,
+    Resolving,
+    Connecting {
+        reg: Registered<Socket>,
+        addr: Address,
+    },
+    Connected(TransportHandle),
+}
+
+pub(crate) struct ConnectorInner {
+    me: Weak<ConnectorInner>,
+    reactor: WeakReactor,
+    target: Target,
+    options: ConnectOptions,
+    factory: RefCell<Box<dyn ClientFactory>>,
+    state: RefCell<State>,
+    remaining: RefCell<VecDeque<SockAddr>>,
+    last_error: RefCell<Option<io::Error>>,
+    timer: RefCell<Option<DelayedCall>>,
+    /// Bumped by every attempt, so a late resolution result for an abandoned attempt is
+    /// ignored.
+    attempt: Cell<u64>,
+}
+
+thread_local! {
+    /// Connectors waiting for a resolver thread, by id (the resolver's result comes back
+    /// through `call_from_thread`, which can only carry `Send` data).
+    static RESOLVING: RefCell<HashMap<u64, Weak<ConnectorInner>>> = RefCell::new(HashMap::new());
+}
+
+static NEXT_RESOLVE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl ConnectorInner {
+    pub(crate) fn start(
+        reactor: &Reactor,
+        target: Target,
+        options: ConnectOptions,
+        factory: Box<dyn ClientFactory>,
+    ) -> Connector {
+        let inner = Rc::new_cyclic(|me| ConnectorInner {
+            me: me.clone(),
+            reactor: reactor.downgrade(),
+            target,
+            options,
+            factory: RefCell::new(factory),
+            state: RefCell::new(State::Idle),
+            remaining: RefCell::new(VecDeque::new()),
+            last_error: RefCell::new(None),
+            timer: RefCell::new(None),
+            attempt: Cell::new(0),
+        });
+        inner.connect();
+        Connector::new(inner)
+    }
+
+    fn connector(&self) -> Connector {
+        Connector::new(self.me.upgrade().expect("connector alive"))
+    }
+
+    fn with_factory(&self, f: impl FnOnce(&mut dyn ClientFactory, &Connector)) {
+        let connector = self.connector();
+        let Ok(mut factory) = self.factory.try_borrow_mut() else {
+            tracing::error!("client factory re-entered; event dropped");
+            return;
+        };
+        if let Err(msg) = torsion_reactor::catch_unwind_message(|| f(&mut **factory, &connector)) {
+            tracing::error!(panic = %msg, "client factory callback panicked");
+        }
+    }
+
+    fn begin(self: Rc<Self>, reactor: &Reactor) {
+        if !matches!(*self.state.borrow(), State::Idle) {
+            return;
+        }
+        *self.state.borrow_mut() = State::Resolving;
+        let attempt = self.attempt.get() + 1;
+        self.attempt.set(attempt);
+        self.last_error.borrow_mut().take();
+        let weak = self.me.clone();
+        let timer = reactor.call_later(self.options.timeout, move |_| {
+            if let Some(c) = weak.upgrade() {
+                if c.attempt.get() == attempt && c.is_attempting() {
+                    c.fail(CloseReason::ConnectTimedOut);
+                }
+            }
+        });
+        *self.timer.borrow_mut() = Some(timer);
+        self.with_factory(|f, c| f.started_connecting(c));
+        if !matches!(*self.state.borrow(), State::Resolving) {
+            return; // the factory stopped the attempt
+        }
+        match &self.target {
+            Target::Unix(UnixTarget::Path(path)) => match SockAddr::unix(path) {
+                Ok(addr) => self.resolved(Ok(vec![addr])),
+                Err(e) => self.fail(CloseReason::ResolutionFailed(e.to_string())),
+            },
+            Target::Unix(UnixTarget::Abstract(name)) => match abstract_sockaddr(name) {
+                Ok(addr) => self.resolved(Ok(vec![addr])),
+                Err(e) => self.fail(CloseReason::ResolutionFailed(e.to_string())),
+            },
+            Target::Tcp { host, port } => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if let Ok(ip) = host.parse::<IpAddr>() {
+                    self.resolved(Ok(vec![SocketAddr::new(ip, *port).into()]));
+                } else {
+                    self.resolve_off_thread(reactor, host.to_owned(), *port, attempt);
+                }
+            }
+        }
+    }
+
+    fn resolve_off_thread(&self, reactor: &Reactor, host: String, port: u16, attempt: u64) {
+        let id = NEXT_RESOLVE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RESOLVING.with(|m| m.borrow_mut().insert(id, self.me.clone()));
+        let handle = reactor.handle();
+        let spawned = std::thread::Builder::new()
+            .name("torsion-resolver".into())
+            .spawn(move || {
+                let result = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|it| it.collect::<Vec<_>>())
+                    .map_err(|e| e.to_string());
+                let _ = handle.call_from_thread(move |_| {
+                    let connector = RESOLVING.with(|m| m.borrow_mut().remove(&id));
+                    if let Some(c) = connector.and_then(|w| w.upgrade()) {
+                        if c.attempt.get() == attempt
+                            && matches!(*c.state.borrow(), State::Resolving)
+                        {
+                            c.resolved(result.map(|v| v.into_iter().map(SockAddr::from).collect()));
+                        }
+                    }
+                });
+            });
+        if let Err(e) = spawned {
+            RESOLVING.with(|m| m.borrow_mut().remove(&id));
+            self.fail(CloseReason::ResolutionFailed(format!(
+                "could not start a resolver thread: {e}"
+            )));
+        }
+    }
+
+    fn resolved(&self, result: Result<Vec<SockAddr>, String>) {
+        match result {
+            Ok(addrs) if addrs.is_empty() => self.fail(CloseReason::ResolutionFailed(
+                "the name resolved to no addresses".into(),
+            )),
+            Ok(addrs) => {
+                *self.remaining.borrow_mut() = addrs.into();
+                self.try_next();
+            }
+            Err(msg) => self.fail(CloseReason::ResolutionFailed(msg)),
+        }
+    }
+
+    /// Starts a non-blocking connect to the next address, or fails with the last error.
+    fn try_next(&self) {
+        let Some(reactor) = self.reactor.upgrade() else {
+            return;
+        };
+        loop {
+            let Some(addr) = self.remaining.borrow_mut().pop_front() else {
+                let reason = match self.last_error.borrow_mut().take() {
+                    Some(e) => CloseReason::from_connect_io(e),
+                    None => CloseReason::ConnectRefused,
+                };
+                self.fail(reason);
+                return;
+            };
+            match self.open(&addr) {
+                Ok(socket) => {
+                    let address = sockaddr_to_address(&addr);
+                    match Registered::new(&reactor, socket, Interest::WRITABLE) {
+                        Ok(reg) => {
+                            reg.set_source(self.me.upgrade().expect("alive"));
+                            *self.state.borrow_mut() = State::Connecting {
+                                reg,
+                                addr: address,
+                            };
+                            return;
+                        }
+                        Err(e) => {
+                            *self.last_error.borrow_mut() = Some(io::Error::other(e.to_string()))
+                        }
+                    }
+                }
+                Err(e) => *self.last_error.borrow_mut() = Some(e),
+            }
+        }
+    }
+
+    fn open(&self, addr: &SockAddr) -> io::Result<Socket> {
+        let kind = match self.target {
+            Target::Tcp { .. } => Domain::for_address(addr.as_socket().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "not an IP address")
+            })?),
+            Target::Unix(_) => Domain::UNIX,
+        };
+        let socket = Socket::new(kind, Type::STREAM.nonblocking().cloexec(), None)?;
+        if let (Some(bind), Target::Tcp { .. }) = (self.options.bind, &self.target) {
+            socket.bind(&bind.into())?;
+        }
+        match socket.connect(addr) {
+            Ok(()) => Ok(socket),
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error())
+                    || e.kind() == io::ErrorKind::WouldBlock =>
+            {
+                Ok(socket)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn is_attempting(&self) -> bool {
+        matches!(
+            *self.state.borrow(),
+            State::Resolving | State::Connecting { .. }
+        )
+    }
+
+    fn fail(&self, reason: CloseReason) {
+        let old = std::mem::replace(&mut *self.state.borrow_mut(), State::Idle);
+        drop(old); // closes a socket in progress
+        self.remaining.borrow_mut().clear();
+        if let Some(t) = self.timer.borrow_mut().take() {
+            t.cancel();
+        }
+        tracing::debug!(destination = %self.destination(), reason = %reason, "connection failed");
+        self.with_factory(|f, c| f.client_connection_failed(c, reason));
+    }
+
+    fn connected(&self, reactor: &Reactor) {
+        let State::Connecting { reg, addr } =
+            std::mem::replace(&mut *self.state.borrow_mut(), State::Idle)
+        else {
+            return;
+        };
+        if let Some(t) = self.timer.borrow_mut().take() {
+            t.cancel();
+        }
+        let socket = reg.get_ref();
+        let (kind, local) = match &self.target {
+            Target::Tcp { .. } => {
+                if self.options.no_delay {
+                    let _ = socket.set_tcp_nodelay(true);
+                }
+                let local = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map(Address::Inet)
+                    .unwrap_or(Address::Unix(UnixAddress::Unnamed));
+                (SocketKind::Tcp, local)
+            }
+            Target::Unix(_) => (SocketKind::Unix, Address::Unix(UnixAddress::Unnamed)),
+        };
+        let mut protocol = None;
+        self.with_factory(|f, _| protocol = f.build_protocol(&addr));
+        let Some(protocol) = protocol else {
+            tracing::debug!(peer = %addr, "client factory built no protocol; closing");
+            return;
+        };
+        tracing::debug!(peer = %addr, local = %local, "connected");
+        let weak = self.me.clone();
+        let conn = StreamConnection::start(
+            reactor,
+            SocketIo { reg, kind },
+            protocol,
+            addr,
+            local,
+            self.options.config.clone(),
+            Some(Box::new(move |reason: &CloseReason| {
+                if let Some(c) = weak.upgrade() {
+                    *c.state.borrow_mut() = State::Idle;
+                    let reason = reason.clone();
+                    c.with_factory(|f, conn| f.client_connection_lost(conn, reason));
+                }
+            })),
+        );
+        // Unless it already closed during `connection_made` (then `on_lost` reset the state).
+        if matches!(*self.state.borrow(), State::Idle) && !conn.is_closing() {
+            *self.state.borrow_mut() = State::Connected(conn.handle());
+        }
+    }
+}
+
+impl Source for ConnectorInner {
+    fn ready(&self, _readiness: Readiness) {
+        let Some(reactor) = self.reactor.upgrade() else {
+            return;
+        };
+        let outcome = match &*self.state.borrow() {
+            State::Connecting { reg, .. } => match reg.get_ref().take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match reg.get_ref().peer_addr() {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        return; // spurious wake-up: still connecting
+                    }
+                    Err(e) => Err(e),
+                },
+            },
+            _ => return,
+        };
+        match outcome {
+            Ok(()) => self.connected(&reactor),
+            Err(e) => {
+                *self.last_error.borrow_mut() = Some(e);
+                // Drop the failed socket, then try the next address.
+                *self.state.borrow_mut() = State::Resolving;
+                self.try_next();
+            }
+        }
+    }
+}
+
+impl ConnectorOps for ConnectorInner {
+    fn connect(&self) {
+        let Some(reactor) = self.reactor.upgrade() else {
+            return;
+        };
+        let me = self.me.upgrade().expect("alive");
+        // Deferred: `connect` is typically called from a factory hook, which must return first.
+        reactor.call_soon(move |r| me.begin(r));
+    }
+
+    fn stop_connecting(&self) {
+        if self.is_attempting() {
+            let me = self.me.upgrade().expect("alive");
+            let Some(reactor) = self.reactor.upgrade() else {
+                return;
+            };
+            // Cancel now (no socket event may slip in), report on the next turn.
+            let old = std::mem::replace(&mut *self.state.borrow_mut(), State::Idle);
+            drop(old);
+            self.attempt.set(self.attempt.get() + 1);
+            if let Some(t) = self.timer.borrow_mut().take() {
+                t.cancel();
+            }
+            reactor.call_soon(move |_| {
+                me.with_factory(|f, c| f.client_connection_failed(c, CloseReason::Aborted))
+            });
+        }
+    }
+
+    fn disconnect(&self) {
+        let handle = match &*self.state.borrow() {
+            State::Connected(h) => Some(h.clone()),
+            _ => None,
+        };
+        match handle {
+            Some(h) => h.lose_connection(),
+            None => self.stop_connecting(),
+        }
+    }
+
+    fn destination(&self) -> String {
+        match &self.target {
+            Target::Tcp { host, port } if host.contains(':') && !host.starts_with('[') => {
+                format!("[{host}]:{port}")
+            }
+            Target::Tcp { host, port } => format!("{host}:{port}"),
+            Target::Unix(UnixTarget::Path(p)) => format!("unix:{}", p.display()),
+            Target::Unix(UnixTarget::Abstract(n)) => {
+                format!("unix:@{}", String::from_utf8_lossy(n))
+            }
+        }
+    }
+}
+
+pub(crate) fn sockaddr_to_address(addr: &SockAddr) -> Address {
+    if let Some(a) = addr.as_socket() {
+        return Address::Inet(a);
+    }
+    if let Some(p) = addr.as_pathname() {
+        return Address::Unix(UnixAddress::Path(p.to_owned()));
+    }
+    if let Some(n) = addr.as_abstract_namespace() {
+        return Address::Unix(UnixAddress::Abstract(n.to_vec()));
+    }
+    Address::Unix(UnixAddress::Unnamed)
+}
+
+/// A socket address for a Linux abstract name.
+pub(crate) fn abstract_sockaddr(name: &[u8]) -> io::Result<SockAddr> {
+    let mut path = Vec::with_capacity(name.len() + 1);
+    path.push(0u8);
+    path.extend_from_slice(name);
+    use std::os::unix::ffi::OsStrExt;
+    SockAddr::unix(std::ffi::OsStr::from_bytes(&path))
+}
