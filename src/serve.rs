@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use torsion::protocols::wire::{Chargen, Daytime, Discard, Echo, Qotd};
-use torsion::{Address, ListeningPort, LoopingCall, Reactor, ServerEndpoint, SharedFactory};
 use torsion::reactor::ShutdownPhase;
+use torsion::{Address, ListeningPort, LoopingCall, Reactor, ServerEndpoint, SharedFactory};
 
 /// How long a graceful stop waits for open connections to close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,7 +10,6 @@
 //!
 //! Each is a plain [`Protocol`], so it runs on TCP, Unix sockets, TLS and the test kit alike.
 
-
 use std::rc::Rc;
 use std::time::SystemTime;
 
@@ -102,8 +101,7 @@ impl Protocol for Chargen {
 }
 
 /// The quote [`Qotd::default`] serves.
-pub const DEFAULT_QUOTE: &str =
-    "An apple a day keeps the doctor away.\r\n";
+pub const DEFAULT_QUOTE: &str = "An apple a day keeps the doctor away.\r\n";
 
 /// Quote of the Day (RFC 865): sends one quote and closes.
 #[derive(Clone, Debug)]
@@ -142,7 +140,6 @@ pub struct Daytime {
     /// A fixed time to report instead of the system clock (for tests).
     pub fixed: Option<SystemTime>,
 }
-
 
 impl Protocol for Daytime {
     fn connection_made(&mut self, transport: &mut dyn Transport) {
@@ -185,14 +182,20 @@ mod tests {
         // Nobody reads: the producer stops once the pipe is full (it is a pull producer).
         let pending = st.pending();
         assert_eq!(pending, 256 * 1024, "fills the pipe, then waits");
-        assert!(st.transport().buffered() <= 16 * 1024, "at most one chunk buffered");
+        assert!(
+            st.transport().buffered() <= 16 * 1024,
+            "at most one chunk buffered"
+        );
         let out = st.take();
         assert_eq!(out.len(), pending);
         let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').take(3).collect();
         assert_eq!(&lines[0][..3], b" !\"");
         assert_eq!(&lines[1][..3], b"!\"#");
         assert_eq!(lines[0].len(), CHARGEN_LINE + 1, "72 chars and CR");
-        assert!(st.take().len() > 200 * 1024, "more flows once the client reads");
+        assert!(
+            st.take().len() > 200 * 1024,
+            "more flows once the client reads"
+        );
     }
 
     #[test]

@@ -88,7 +88,9 @@ impl WriteBuffer {
 impl std::fmt::Debug for WriteBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never dump buffer contents.
-        f.debug_struct("WriteBuffer").field("len", &self.len()).finish()
+        f.debug_struct("WriteBuffer")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -113,7 +115,14 @@ mod tests {
     #[test]
     fn vectored_skip() {
         let mut b = WriteBuffer::new();
-        b.push_vectored(&[IoSlice::new(b"abc"), IoSlice::new(b"def"), IoSlice::new(b"gh")], 4);
+        b.push_vectored(
+            &[
+                IoSlice::new(b"abc"),
+                IoSlice::new(b"def"),
+                IoSlice::new(b"gh"),
+            ],
+            4,
+        );
         assert_eq!(b.front(), b"efgh");
     }
 

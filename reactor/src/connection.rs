@@ -103,6 +103,9 @@ pub trait StreamIo: 'static {
     }
 }
 
+/// Runs after the protocol's `connection_lost` (connectors and ports use it).
+pub type LostHook = Box<dyn FnOnce(&CloseReason)>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Open,
@@ -151,7 +154,7 @@ pub struct StreamConnection<IO: StreamIo> {
     peer: Address,
     local: Address,
     config: ConnectionConfig,
-    on_lost: RefCell<Option<Box<dyn FnOnce(&CloseReason)>>>,
+    on_lost: RefCell<Option<LostHook>>,
 }
 
 impl<IO: StreamIo> StreamConnection<IO> {
@@ -164,7 +167,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
         peer: Address,
         local: Address,
         config: ConnectionConfig,
-        on_lost: Option<Box<dyn FnOnce(&CloseReason)>>,
+        on_lost: Option<LostHook>,
     ) -> Rc<Self> {
         let half_close = protocol.half_close();
         let conn = Rc::new_cyclic(|me| StreamConnection {
@@ -322,7 +325,12 @@ impl<IO: StreamIo> StreamConnection<IO> {
     }
 
     fn deliver_lost(&self) {
-        let reason = self.st.borrow_mut().reason.clone().unwrap_or(CloseReason::Done);
+        let reason = self
+            .st
+            .borrow_mut()
+            .reason
+            .clone()
+            .unwrap_or(CloseReason::Done);
         if let Some(mut producer) = self.producer.borrow_mut().take() {
             if let Err(msg) = catch_unwind_message(|| producer.stop_producing()) {
                 tracing::error!(panic = %msg, "producer stop_producing panicked");

@@ -53,9 +53,9 @@ impl fmt::Display for Error {
             Error::Io { context, source } => {
                 write!(f, "{context}: {source}")?;
                 match source.kind() {
-                    io::ErrorKind::AddrInUse => {
-                        f.write_str(" (another process is listening there; pick another port or stop it)")
-                    }
+                    io::ErrorKind::AddrInUse => f.write_str(
+                        " (another process is listening there; pick another port or stop it)",
+                    ),
                     io::ErrorKind::PermissionDenied => {
                         f.write_str(" (ports below 1024 and some paths need privileges)")
                     }

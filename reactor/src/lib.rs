@@ -82,7 +82,7 @@ mod transport;
 pub use address::{Address, UnixAddress};
 pub use backend::{Interest, Readiness};
 pub use clock::VirtualClock;
-pub use connection::{ConnectionConfig, StreamConnection, StreamIo};
+pub use connection::{ConnectionConfig, LostHook, StreamConnection, StreamIo};
 pub use error::{Error, Result};
 pub use panic::catch_unwind_message;
 pub use protocol::{

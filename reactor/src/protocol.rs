@@ -202,7 +202,11 @@ impl SharedFactory {
 
     /// Builds a protocol; `Err` carries the message if the factory panicked, `Ok(None)` is a
     /// refusal.
-    pub fn build(&self, peer: &Address, local: &Address) -> Result<Option<Box<dyn Protocol>>, String> {
+    pub fn build(
+        &self,
+        peer: &Address,
+        local: &Address,
+    ) -> Result<Option<Box<dyn Protocol>>, String> {
         let Ok(mut factory) = self.inner.factory.try_borrow_mut() else {
             return Err("factory re-entered while building a protocol".into());
         };

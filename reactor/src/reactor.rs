@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendEvent, Interest, NullBackend, PollingBackend, Readiness, Waker};
+use crate::backend::{
+    Backend, BackendEvent, Interest, NullBackend, PollingBackend, Readiness, Waker,
+};
 use crate::clock::{Clock, VirtualClock};
 use crate::error::{Error, Result};
 use crate::panic::catch_unwind_message;
@@ -137,9 +139,11 @@ impl fmt::Debug for Reactor {
 impl Reactor {
     /// A reactor on the default backend (`polling`) and the real monotonic clock.
     pub fn new() -> Result<Reactor> {
-        let backend =
-            PollingBackend::new().map_err(|e| Error::io("create the event poller", e))?;
-        Ok(Self::with_parts(Box::new(backend), Clock::Real(std::time::Instant::now())))
+        let backend = PollingBackend::new().map_err(|e| Error::io("create the event poller", e))?;
+        Ok(Self::with_parts(
+            Box::new(backend),
+            Clock::Real(std::time::Instant::now()),
+        ))
     }
 
     /// A reactor with no descriptors on a virtual clock (the engine of the test kit).
@@ -221,7 +225,10 @@ impl Reactor {
                     break;
                 }
                 if self.now() >= deadline {
-                    tracing::warn!(holds, "shutdown timeout passed with work still holding the stop; stopping anyway");
+                    tracing::warn!(
+                        holds,
+                        "shutdown timeout passed with work still holding the stop; stopping anyway"
+                    );
                     break;
                 }
             }
@@ -296,7 +303,11 @@ impl Reactor {
     /// current callback.
     pub fn call_later(&self, delay: Duration, f: impl FnOnce(&Reactor) + 'static) -> DelayedCall {
         let deadline = self.now().saturating_add(delay);
-        let entry = self.inner.timers.borrow_mut().schedule(deadline, Box::new(f));
+        let entry = self
+            .inner
+            .timers
+            .borrow_mut()
+            .schedule(deadline, Box::new(f));
         DelayedCall::new(entry, Rc::downgrade(&self.inner))
     }
 
@@ -448,7 +459,10 @@ impl Reactor {
     fn turn(&self, block: bool, limit: Option<Duration>) -> Result<()> {
         self.run_timers();
         self.run_soon();
-        let timeout = if !block || self.has_ready_work() || self.inner.state.get() == RunState::Stopping && self.inner.holds.get() == 0 {
+        let timeout = if !block
+            || self.has_ready_work()
+            || self.inner.state.get() == RunState::Stopping && self.inner.holds.get() == 0
+        {
             Some(Duration::ZERO)
         } else {
             let now = self.now();
@@ -616,7 +630,7 @@ impl Source for SignalSource {
         let mut buf = [0u8; 64];
         let mut got = false;
         loop {
-            match (&*self.reg.get_ref()).read(&mut buf) {
+            match self.reg.get_ref().read(&mut buf) {
                 Ok(0) => break,
                 Ok(_) => got = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -208,7 +208,10 @@ mod tests {
         let b = slots.reserve();
         slots.set(b, Rc::new(Nop));
         assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "slot reused");
-        assert!(slots.get(a).is_none(), "stale key must not reach the new source");
+        assert!(
+            slots.get(a).is_none(),
+            "stale key must not reach the new source"
+        );
         assert!(slots.get(b).is_some());
         assert_eq!(slots.live(), 1);
     }

@@ -64,7 +64,11 @@ pub(crate) struct TimerQueue {
 }
 
 impl TimerQueue {
-    pub(crate) fn schedule(&mut self, deadline: Duration, callback: TimerCallback) -> Rc<TimerEntry> {
+    pub(crate) fn schedule(
+        &mut self,
+        deadline: Duration,
+        callback: TimerCallback,
+    ) -> Rc<TimerEntry> {
         let entry = Rc::new(TimerEntry {
             deadline: Cell::new(deadline),
             seq: Cell::new(0),
@@ -222,13 +226,15 @@ impl fmt::Debug for DelayedCall {
     }
 }
 
+type LoopFn = Box<dyn FnMut(&Reactor, u64)>;
+
 struct LoopState {
     interval: Duration,
     /// Deadline of the tick currently scheduled.
     next: Cell<Duration>,
     running: Cell<bool>,
     call: RefCell<Option<DelayedCall>>,
-    func: RefCell<Box<dyn FnMut(&Reactor, u64)>>,
+    func: RefCell<LoopFn>,
 }
 
 /// Calls a function repeatedly at a fixed rate (Twisted's `task.LoopingCall`).
@@ -296,9 +302,7 @@ impl LoopingCall {
             let due = state.next.get();
             let late = now.saturating_sub(due);
             let skipped = (late.as_nanos() / state.interval.as_nanos()) as u64;
-            state
-                .next
-                .set(due + state.interval * (skipped as u32 + 1));
+            state.next.set(due + state.interval * (skipped as u32 + 1));
             (state.func.borrow_mut())(r, skipped);
             if state.running.get() {
                 Self::schedule(r, &state);
@@ -380,7 +384,10 @@ mod tests {
             e.state.set(TimerState::Cancelled);
             q.note_cancelled();
         }
-        assert!(q.heap.len() < 5000, "sweep should have removed cancelled items");
+        assert!(
+            q.heap.len() < 5000,
+            "sweep should have removed cancelled items"
+        );
         let mut fired = 0;
         while q.pop_due(Duration::from_secs(10)).is_some() {
             fired += 1;

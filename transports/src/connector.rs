@@ -17,8 +17,8 @@ use std::time::Duration;
 use socket2::{Domain, SockAddr, Socket, Type};
 use torsion_reactor::{
     Address, ClientFactory, CloseReason, ConnectionConfig, Connector, ConnectorOps, DelayedCall,
-    Interest, Reactor, Readiness, Registered, Source, StreamConnection, Transport,
-    TransportHandle, UnixAddress, WeakReactor,
+    Interest, Reactor, Readiness, Registered, Source, StreamConnection, Transport, TransportHandle,
+    UnixAddress, WeakReactor,
 };
 
 use crate::socket::{SocketIo, SocketKind};
@@ -237,10 +237,7 @@ impl ConnectorInner {
                     match Registered::new(&reactor, socket, Interest::WRITABLE) {
                         Ok(reg) => {
                             reg.set_source(self.me.upgrade().expect("alive"));
-                            *self.state.borrow_mut() = State::Connecting {
-                                reg,
-                                addr: address,
-                            };
+                            *self.state.borrow_mut() = State::Connecting { reg, addr: address };
                             return;
                         }
                         Err(e) => {
@@ -254,12 +251,13 @@ impl ConnectorInner {
     }
 
     fn open(&self, addr: &SockAddr) -> io::Result<Socket> {
-        let kind = match self.target {
-            Target::Tcp { .. } => Domain::for_address(addr.as_socket().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, "not an IP address")
-            })?),
-            Target::Unix(_) => Domain::UNIX,
-        };
+        let kind =
+            match self.target {
+                Target::Tcp { .. } => Domain::for_address(addr.as_socket().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "not an IP address")
+                })?),
+                Target::Unix(_) => Domain::UNIX,
+            };
         let socket = Socket::new(kind, Type::STREAM.nonblocking().cloexec(), None)?;
         if let (Some(bind), Target::Tcp { .. }) = (self.options.bind, &self.target) {
             socket.bind(&bind.into())?;

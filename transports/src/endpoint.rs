@@ -107,7 +107,9 @@ fn parse_ip(value: &str, v6: bool) -> std::result::Result<IpAddr, EndpointError>
         return err(format!("tcp6 needs an IPv6 interface, not {value}"));
     }
     if !v6 && ip.is_ipv6() {
-        return err(format!("interface={value} is IPv6: use tcp6:PORT:interface=..."));
+        return err(format!(
+            "interface={value} is IPv6: use tcp6:PORT:interface=..."
+        ));
     }
     Ok(ip)
 }
@@ -151,7 +153,11 @@ impl FromStr for ServerEndpoint {
                         "port" => port = Some(v),
                         "interface" => ip = parse_ip(&v, v6)?,
                         "backlog" => backlog = parse_backlog(&v)?,
-                        _ => return err(format!("unknown option '{k}' for {kind} (known: port, interface, backlog)")),
+                        _ => {
+                            return err(format!(
+                                "unknown option '{k}' for {kind} (known: port, interface, backlog)"
+                            ))
+                        }
                     }
                 }
                 let Some(port) = port else {
@@ -168,7 +174,10 @@ impl FromStr for ServerEndpoint {
             "unix" => {
                 let mut path = positional.first().cloned();
                 if positional.len() > 1 {
-                    return err(format!("unexpected '{}' in unix endpoint (escape colons in paths as \\:)", positional[1]));
+                    return err(format!(
+                        "unexpected '{}' in unix endpoint (escape colons in paths as \\:)",
+                        positional[1]
+                    ));
                 }
                 let mut mode = None;
                 let mut backlog = DEFAULT_BACKLOG;
@@ -182,7 +191,11 @@ impl FromStr for ServerEndpoint {
                         }
                         "backlog" => backlog = parse_backlog(&v)?,
                         "lockfile" => {}
-                        _ => return err(format!("unknown option '{k}' for unix (known: address, mode, backlog)")),
+                        _ => {
+                            return err(format!(
+                                "unknown option '{k}' for unix (known: address, mode, backlog)"
+                            ))
+                        }
                     }
                 }
                 match path {
@@ -195,7 +208,9 @@ impl FromStr for ServerEndpoint {
                 }
             }
             "" => err("empty endpoint description; try tcp:8000"),
-            other => err(format!("unknown endpoint type '{other}' (known: tcp, tcp6, unix)")),
+            other => err(format!(
+                "unknown endpoint type '{other}' (known: tcp, tcp6, unix)"
+            )),
         }
     }
 }
@@ -239,7 +254,11 @@ impl ServerEndpoint {
     }
 
     /// Starts listening on this endpoint.
-    pub fn listen(&self, reactor: &Reactor, factory: impl Into<SharedFactory>) -> Result<ListeningPort> {
+    pub fn listen(
+        &self,
+        reactor: &Reactor,
+        factory: impl Into<SharedFactory>,
+    ) -> Result<ListeningPort> {
         match self {
             ServerEndpoint::Tcp { addr, backlog } => reactor.listen_tcp_with(
                 *addr,
@@ -283,7 +302,10 @@ mod tests {
     #[test]
     fn tcp_forms() {
         assert_eq!(tcp("tcp:8000"), "0.0.0.0:8000".parse().unwrap());
-        assert_eq!(tcp("tcp:port=0:interface=127.0.0.1"), "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            tcp("tcp:port=0:interface=127.0.0.1"),
+            "127.0.0.1:0".parse().unwrap()
+        );
         assert_eq!(tcp("tcp6:80"), "[::]:80".parse().unwrap());
         assert_eq!(tcp(r"tcp6:80:interface=\:\:1"), "[::1]:80".parse().unwrap());
         assert_eq!(tcp("tcp6:80:interface=[::1]"), "[::1]:80".parse().unwrap());
@@ -305,7 +327,9 @@ mod tests {
             }
         );
         let ep: ServerEndpoint = r"unix:address=/tmp/a\:b".parse().unwrap();
-        assert!(matches!(ep, ServerEndpoint::Unix { ref path, .. } if path == &PathBuf::from("/tmp/a:b")));
+        assert!(
+            matches!(ep, ServerEndpoint::Unix { ref path, .. } if path == &PathBuf::from("/tmp/a:b"))
+        );
         assert_eq!(ep.to_string(), r"unix:/tmp/a\:b");
     }
 
@@ -325,7 +349,11 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for d in ["tcp:8000:interface=127.0.0.1", "tcp6:1:interface=[::1]:backlog=9", "unix:/x:mode=600"] {
+        for d in [
+            "tcp:8000:interface=127.0.0.1",
+            "tcp6:1:interface=[::1]:backlog=9",
+            "unix:/x:mode=600",
+        ] {
             let ep: ServerEndpoint = d.parse().unwrap();
             assert_eq!(ep.to_string(), d);
             assert_eq!(ep.to_string().parse::<ServerEndpoint>().unwrap(), ep);

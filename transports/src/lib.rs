@@ -130,7 +130,13 @@ impl ReactorExt for Reactor {
     }
 
     fn connect_tcp(&self, host: &str, port: u16, factory: impl ClientFactory) -> Connector {
-        tcp::connect(self, host, port, Box::new(factory), ConnectOptions::default())
+        tcp::connect(
+            self,
+            host,
+            port,
+            Box::new(factory),
+            ConnectOptions::default(),
+        )
     }
 
     fn connect_tcp_with(
@@ -148,7 +154,12 @@ impl ReactorExt for Reactor {
         path: impl AsRef<Path>,
         factory: impl Into<SharedFactory>,
     ) -> Result<ListeningPort> {
-        unix::listen(self, path.as_ref(), factory.into(), UnixListenOptions::default())
+        unix::listen(
+            self,
+            path.as_ref(),
+            factory.into(),
+            UnixListenOptions::default(),
+        )
     }
 
     fn listen_unix_with(

@@ -25,8 +25,8 @@ use std::time::Duration;
 use rustix::net::SocketFlags;
 use socket2::Socket;
 use torsion_reactor::{
-    Address, CloseReason, ConnectionConfig, DelayedCall, Interest, Reactor, Readiness,
-    Registered, SharedFactory, Source, StreamConnection, Transport, TransportHandle, WeakReactor,
+    Address, CloseReason, ConnectionConfig, DelayedCall, Interest, Reactor, Readiness, Registered,
+    SharedFactory, Source, StreamConnection, Transport, TransportHandle, WeakReactor,
 };
 
 use crate::socket::{SocketIo, SocketKind};
@@ -82,9 +82,7 @@ impl Listener {
         config: ConnectionConfig,
         unlink_on_stop: Option<PathBuf>,
     ) -> torsion_reactor::Result<ListeningPort> {
-        let wildcard = local
-            .socket_addr()
-            .is_some_and(|a| a.ip().is_unspecified());
+        let wildcard = local.socket_addr().is_some_and(|a| a.ip().is_unspecified());
         let reg = Registered::new(reactor, socket, Interest::READABLE)?;
         let listener = Rc::new_cyclic(|me| Listener {
             me: me.clone(),

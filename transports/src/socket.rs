@@ -27,7 +27,7 @@ pub(crate) struct SocketIo {
 
 impl StreamIo for SocketIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.reg.get_ref()).read(buf)
+        self.reg.get_ref().read(buf)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

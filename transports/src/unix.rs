@@ -65,7 +65,8 @@ pub(crate) fn listen(
     options: UnixListenOptions,
 ) -> Result<ListeningPort> {
     let shown = path.display().to_string();
-    let addr = SockAddr::unix(path).map_err(|e| Error::io(format!("use {shown} as a socket path"), e))?;
+    let addr =
+        SockAddr::unix(path).map_err(|e| Error::io(format!("use {shown} as a socket path"), e))?;
     let socket = new_socket().map_err(|e| Error::io("create a Unix socket", e))?;
     if let Err(e) = socket.bind(&addr) {
         if e.kind() != io::ErrorKind::AddrInUse {
@@ -106,7 +107,8 @@ pub(crate) fn listen_abstract(
     options: UnixListenOptions,
 ) -> Result<ListeningPort> {
     let shown = format!("@{}", String::from_utf8_lossy(name));
-    let addr = abstract_sockaddr(name).map_err(|e| Error::io(format!("use {shown} as an abstract name"), e))?;
+    let addr = abstract_sockaddr(name)
+        .map_err(|e| Error::io(format!("use {shown} as an abstract name"), e))?;
     let socket = new_socket().map_err(|e| Error::io("create a Unix socket", e))?;
     socket.bind(&addr).map_err(|e| match e.kind() {
         io::ErrorKind::AddrInUse => Error::AddressInUse(shown.clone()),

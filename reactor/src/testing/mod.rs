@@ -200,7 +200,11 @@ impl StringTransport {
     }
 
     /// Connects `protocol` to a test-driven peer.
-    pub fn with_options(mr: &MemoryReactor, protocol: impl Protocol, options: MemoryOptions) -> Self {
+    pub fn with_options(
+        mr: &MemoryReactor,
+        protocol: impl Protocol,
+        options: MemoryOptions,
+    ) -> Self {
         let reactor = mr.reactor().clone();
         let to_protocol = Pipe::new(options.capacity);
         let from_protocol = Pipe::new(options.capacity);

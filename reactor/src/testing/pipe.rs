@@ -194,9 +194,12 @@ impl End {
             rx.data.clear();
         }
         *self.source.borrow_mut() = None;
-        for end in [self.tx.borrow().reader.upgrade(), self.rx.borrow().writer.upgrade()]
-            .into_iter()
-            .flatten()
+        for end in [
+            self.tx.borrow().reader.upgrade(),
+            self.rx.borrow().writer.upgrade(),
+        ]
+        .into_iter()
+        .flatten()
         {
             end.kick();
         }
