@@ -80,7 +80,7 @@ mod timer;
 mod transport;
 
 pub use address::{Address, UnixAddress};
-pub use backend::{Interest, Readiness};
+pub use backend::{BackendKind, Interest, Readiness};
 pub use clock::VirtualClock;
 pub use connection::{ConnectionConfig, LostHook, StreamConnection, StreamIo};
 pub use error::{Error, Result};

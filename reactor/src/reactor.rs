@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
+use crate::backend::EpollBackend;
 use crate::backend::{
-    Backend, BackendEvent, Interest, NullBackend, PollingBackend, Readiness, Waker,
+    Backend, BackendEvent, BackendKind, Interest, NullBackend, PollingBackend, Readiness, Waker,
 };
 use crate::clock::{Clock, VirtualClock};
 use crate::error::{Error, Result};
@@ -137,11 +139,32 @@ impl fmt::Debug for Reactor {
 }
 
 impl Reactor {
-    /// A reactor on the default backend (`polling`) and the real monotonic clock.
+    /// A reactor on the platform's best backend ([`BackendKind::Auto`]) and the real
+    /// monotonic clock.
     pub fn new() -> Result<Reactor> {
-        let backend = PollingBackend::new().map_err(|e| Error::io("create the event poller", e))?;
+        Self::with_backend(BackendKind::Auto)
+    }
+
+    /// A reactor on a chosen readiness backend.
+    pub fn with_backend(kind: BackendKind) -> Result<Reactor> {
+        let backend: Box<dyn Backend> = match kind {
+            #[cfg(target_os = "linux")]
+            BackendKind::Auto | BackendKind::Epoll => Box::new(
+                EpollBackend::new().map_err(|e| Error::io("create the epoll instance", e))?,
+            ),
+            #[cfg(not(target_os = "linux"))]
+            BackendKind::Epoll => {
+                return Err(Error::io(
+                    "create the epoll backend",
+                    io::Error::from(io::ErrorKind::Unsupported),
+                ))
+            }
+            _ => Box::new(
+                PollingBackend::new().map_err(|e| Error::io("create the event poller", e))?,
+            ),
+        };
         Ok(Self::with_parts(
-            Box::new(backend),
+            backend,
             Clock::Real(std::time::Instant::now()),
         ))
     }

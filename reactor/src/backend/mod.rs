@@ -17,18 +17,37 @@
 //! - **Registration outlives nothing.** `deregister` is always called before the descriptor is
 //!   closed (`Registered` enforces this by owning the socket), so a backend may keep the raw
 //!   descriptor number.
-//! - **An empty interest is allowed** and means "report nothing for now" (paused reading with an
-//!   empty write buffer).
+//! - **An empty interest is allowed** and means "report nothing at all for now" (paused reading
+//!   with an empty write buffer) — not even errors or hang-ups, which level-triggered epoll
+//!   would otherwise report in a loop. The owner finds those when it next reads or writes.
 //! - **`wait` returns early** when the [`Waker`] is woken from any thread, on a signal, or at the
 //!   timeout; spurious early returns are allowed and the reactor copes with an empty event list.
 //! - Hang-up and error conditions are reported as readable (and writable when write interest
 //!   is set), so the owner finds them through its next `read` or `write`.
 
+#[cfg(target_os = "linux")]
+mod epoll;
 mod null;
 mod polling;
 
+#[cfg(target_os = "linux")]
+pub(crate) use epoll::EpollBackend;
 pub(crate) use null::NullBackend;
 pub(crate) use polling::PollingBackend;
+
+/// Which readiness backend a [`Reactor`](crate::Reactor) uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// The best backend for this platform: [`BackendKind::Epoll`] on Linux,
+    /// [`BackendKind::Polling`] elsewhere.
+    #[default]
+    Auto,
+    /// Level-triggered epoll through rustix: one system call per wait (Linux only).
+    Epoll,
+    /// The portable `polling` crate (epoll, kqueue, …) in level-triggered mode.
+    Polling,
+}
 
 use std::io;
 use std::os::fd::RawFd;

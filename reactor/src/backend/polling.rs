@@ -56,6 +56,9 @@ impl Waker for PollerWaker {
 
 impl Backend for PollingBackend {
     unsafe fn register(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()> {
+        if interest == Interest::NONE {
+            return Ok(()); // added when it first wants something (see `reregister`)
+        }
         // SAFETY: the caller guarantees `fd` stays open until `deregister`.
         unsafe {
             self.poller
@@ -65,15 +68,37 @@ impl Backend for PollingBackend {
 
     fn reregister(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()> {
         // SAFETY: registered descriptors stay open until deregistered (`register`'s contract).
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        self.poller
-            .modify_with_mode(fd, Self::event(key, interest), PollMode::Level)
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if interest == Interest::NONE {
+            // Removed rather than modified to an empty mask: epoll reports errors and hang-ups
+            // even for an empty mask, which would wake a paused source in a loop.
+            return match self.poller.delete(bfd) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        match self
+            .poller
+            .modify_with_mode(bfd, Self::event(key, interest), PollMode::Level)
+        {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // SAFETY: as above; the descriptor was removed for an empty interest.
+                unsafe {
+                    self.poller
+                        .add_with_mode(fd, Self::event(key, interest), PollMode::Level)
+                }
+            }
+            other => other,
+        }
     }
 
     fn deregister(&self, fd: RawFd) -> io::Result<()> {
         // SAFETY: registered descriptors stay open until deregistered (`register`'s contract).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        self.poller.delete(fd)
+        match self.poller.delete(fd) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn wait(&self, out: &mut Vec<BackendEvent>, timeout: Option<Duration>) -> io::Result<()> {

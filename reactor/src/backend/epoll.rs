@@ -1,0 +1,149 @@
+//! The Linux backend: level-triggered epoll through rustix, with an eventfd waker.
+//!
+//! It is the default on Linux because it makes exactly one system call per wait. (The
+//! portable [`polling`](super::polling) backend re-arms its notifier and timer descriptors on
+//! every wait, four extra system calls, which costs about 10% more CPU per round trip when
+//! each wait serves a single event.) The timeout has millisecond resolution (`epoll_pwait`).
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{eventfd, EventfdFlags, Timespec};
+
+use super::{Backend, BackendEvent, Interest, Readiness, Waker};
+
+const WAKE_KEY: u64 = u64::MAX;
+
+pub(crate) struct EpollBackend {
+    epfd: OwnedFd,
+    waker: Arc<EventFdWaker>,
+    events: RefCell<Vec<epoll::Event>>,
+}
+
+struct EventFdWaker(OwnedFd);
+
+impl Waker for EventFdWaker {
+    fn wake(&self) -> io::Result<()> {
+        match rustix::io::write(&self.0, &1u64.to_ne_bytes()) {
+            // A full counter (EAGAIN) still means "woken".
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn flags(interest: Interest) -> EventFlags {
+    let mut f = EventFlags::empty();
+    if interest.readable {
+        f |= EventFlags::IN;
+    }
+    if interest.writable {
+        f |= EventFlags::OUT;
+    }
+    f
+}
+
+impl EpollBackend {
+    pub(crate) fn new() -> io::Result<Self> {
+        let epfd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(&epfd, &efd, EventData::new_u64(WAKE_KEY), EventFlags::IN)?;
+        Ok(EpollBackend {
+            epfd,
+            waker: Arc::new(EventFdWaker(efd)),
+            events: RefCell::new(Vec::with_capacity(1024)),
+        })
+    }
+}
+
+impl Backend for EpollBackend {
+    unsafe fn register(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()> {
+        if interest == Interest::NONE {
+            return Ok(()); // added when it first wants something
+        }
+        // SAFETY: the caller guarantees `fd` stays open until `deregister`.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        Ok(epoll::add(
+            &self.epfd,
+            fd,
+            EventData::new_u64(key as u64),
+            flags(interest),
+        )?)
+    }
+
+    fn reregister(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()> {
+        // SAFETY: registered descriptors stay open until deregistered (`register`'s contract).
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if interest == Interest::NONE {
+            // Removed rather than modified to an empty mask: epoll reports errors and hang-ups
+            // even for an empty mask, which would wake a paused source in a loop.
+            return match epoll::delete(&self.epfd, bfd) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let data = EventData::new_u64(key as u64);
+        match epoll::modify(&self.epfd, bfd, data, flags(interest)) {
+            Err(rustix::io::Errno::NOENT) => {
+                Ok(epoll::add(&self.epfd, bfd, data, flags(interest))?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn deregister(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: registered descriptors stay open until deregistered (`register`'s contract).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        match epoll::delete(&self.epfd, fd) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn wait(&self, out: &mut Vec<BackendEvent>, timeout: Option<Duration>) -> io::Result<()> {
+        let mut events = self.events.borrow_mut();
+        events.clear();
+        let timeout = timeout.map(|t| {
+            // Round up to whole milliseconds so a timer is never woken for early.
+            let t = t.saturating_add(Duration::from_nanos(999_999));
+            Timespec {
+                tv_sec: t.as_secs().min(i32::MAX as u64) as _,
+                tv_nsec: (t.subsec_millis() * 1_000_000) as _,
+            }
+        });
+        match epoll::wait(
+            &self.epfd,
+            rustix::buffer::spare_capacity(&mut *events),
+            timeout.as_ref(),
+        ) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for ev in events.iter() {
+            let key = ev.data.u64();
+            if key == WAKE_KEY {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&self.waker.0, &mut buf);
+                continue;
+            }
+            let f = ev.flags;
+            let error = f.intersects(EventFlags::ERR | EventFlags::HUP);
+            out.push(BackendEvent {
+                key: key as usize,
+                readiness: Readiness {
+                    readable: error || f.intersects(EventFlags::IN | EventFlags::RDHUP),
+                    writable: error || f.contains(EventFlags::OUT),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    fn waker(&self) -> Arc<dyn Waker> {
+        self.waker.clone()
+    }
+}
