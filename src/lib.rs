@@ -48,6 +48,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod manual;
+
 pub use torsion_protocols as protocols;
 pub use torsion_reactor as reactor;
 pub use torsion_reactor::testing;

@@ -320,7 +320,10 @@ impl<IO: StreamIo> StreamConnection<IO> {
         drop(st);
         if let Some(reactor) = self.reactor.upgrade() {
             let me = self.rc();
-            reactor.call_soon(move |_| me.add_pending(PULL));
+            reactor.call_soon(move |_| {
+                me.st.borrow_mut().pending |= PULL;
+                me.deliver_pending();
+            });
         }
     }
 

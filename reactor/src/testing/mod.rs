@@ -286,11 +286,12 @@ impl StringTransport {
     /// pipe sends it on the next `take`.
     pub fn take(&self) -> Vec<u8> {
         self.settle();
-        let mut out = Vec::with_capacity(self.pending());
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n @ 1..) = self.peer.read(&mut buf) {
-            out.extend_from_slice(&buf[..n]);
+        let mut out = vec![0u8; self.pending()];
+        let mut filled = 0;
+        while let Ok(n @ 1..) = self.peer.read(&mut out[filled..]) {
+            filled += n;
         }
+        out.truncate(filled);
         self.settle();
         out
     }
