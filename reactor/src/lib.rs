@@ -69,6 +69,7 @@ mod backend;
 pub mod buffer;
 mod clock;
 mod connection;
+mod datagram;
 mod error;
 mod panic;
 mod protocol;
@@ -83,6 +84,10 @@ pub use address::{Address, UnixAddress};
 pub use backend::{BackendKind, Interest, Readiness};
 pub use clock::VirtualClock;
 pub use connection::{ConnectionConfig, LostHook, StreamConnection, StreamIo};
+pub use datagram::{
+    DatagramError, DatagramProtocol, DatagramTransport, MulticastInterface,
+    DEFAULT_MAX_DATAGRAM_SIZE,
+};
 pub use error::{Error, Result};
 pub use panic::catch_unwind_message;
 pub use protocol::{
@@ -100,7 +105,7 @@ pub use transport::{Keepalive, PeerCredentials, Producer, Transport, TransportHa
 /// The names most programs need: `use torsion_reactor::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Address, ClientFactory, CloseReason, Connector, Factory, Protocol, Reactor, Transport,
-        TransportHandle,
+        Address, ClientFactory, CloseReason, Connector, DatagramProtocol, DatagramTransport,
+        Factory, Protocol, Reactor, Transport, TransportHandle,
     };
 }

@@ -434,10 +434,12 @@ impl Reactor {
     fn run_timers(&self) -> usize {
         let now = self.now();
         let mut fired = 0;
-        // Bound the work: timers scheduled by these callbacks for "now" wait for the next turn.
+        // Timers scheduled by these callbacks (even for "now") wait for the next turn, and a
+        // turn fires at most `limit` timers, so I/O is never starved.
+        let max_seq = self.inner.timers.borrow().last_seq();
         let limit = 4096;
         while fired < limit {
-            let cb = self.inner.timers.borrow_mut().pop_due(now);
+            let cb = self.inner.timers.borrow_mut().pop_due(now, max_seq);
             match cb {
                 Some(cb) => {
                     fired += 1;

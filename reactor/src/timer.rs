@@ -130,10 +130,18 @@ impl TimerQueue {
         }
     }
 
-    /// Removes and returns the callback of the earliest timer due at or before `now`.
-    pub(crate) fn pop_due(&mut self, now: Duration) -> Option<TimerCallback> {
+    /// The sequence number of the latest scheduling so far: timers scheduled (or moved
+    /// earlier) after this point have larger numbers.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Removes and returns the callback of the earliest timer due at or before `now` that was
+    /// scheduled at or before `max_seq` (so timers scheduled by the callbacks of this turn wait
+    /// for the next one).
+    pub(crate) fn pop_due(&mut self, now: Duration, max_seq: u64) -> Option<TimerCallback> {
         match self.next_deadline() {
-            Some(d) if d <= now => {
+            Some(d) if d <= now && self.heap.peek().is_some_and(|top| top.seq <= max_seq) => {
                 let item = self.heap.pop().expect("peeked");
                 item.entry.state.set(TimerState::Fired);
                 let cb = item.entry.callback.borrow_mut().take();
@@ -349,13 +357,13 @@ mod tests {
         let b = q.schedule(Duration::from_millis(10), noop());
         let c = q.schedule(Duration::from_millis(10), noop());
         assert_eq!(q.next_deadline(), Some(Duration::from_millis(10)));
-        assert!(q.pop_due(Duration::from_millis(10)).is_some());
+        assert!(q.pop_due(Duration::from_millis(10), u64::MAX).is_some());
         assert_eq!(b.state.get(), TimerState::Fired);
         assert_eq!(c.state.get(), TimerState::Pending);
-        assert!(q.pop_due(Duration::from_millis(10)).is_some());
+        assert!(q.pop_due(Duration::from_millis(10), u64::MAX).is_some());
         assert_eq!(c.state.get(), TimerState::Fired);
-        assert!(q.pop_due(Duration::from_millis(19)).is_none());
-        assert!(q.pop_due(Duration::from_millis(20)).is_some());
+        assert!(q.pop_due(Duration::from_millis(19), u64::MAX).is_none());
+        assert!(q.pop_due(Duration::from_millis(20), u64::MAX).is_some());
         assert_eq!(a.state.get(), TimerState::Fired);
         assert!(q.next_deadline().is_none());
     }
@@ -365,13 +373,13 @@ mod tests {
         let mut q = TimerQueue::default();
         let a = q.schedule(Duration::from_millis(10), noop());
         q.reschedule(&a, Duration::from_millis(50));
-        assert!(q.pop_due(Duration::from_millis(10)).is_none());
+        assert!(q.pop_due(Duration::from_millis(10), u64::MAX).is_none());
         assert_eq!(q.next_deadline(), Some(Duration::from_millis(50)));
         q.reschedule(&a, Duration::from_millis(5));
         assert_eq!(q.next_deadline(), Some(Duration::from_millis(5)));
-        assert!(q.pop_due(Duration::from_millis(5)).is_some());
+        assert!(q.pop_due(Duration::from_millis(5), u64::MAX).is_some());
         // The stale item left behind by the move is discarded, not fired twice.
-        assert!(q.pop_due(Duration::from_secs(1)).is_none());
+        assert!(q.pop_due(Duration::from_secs(1), u64::MAX).is_none());
     }
 
     #[test]
@@ -389,7 +397,7 @@ mod tests {
             "sweep should have removed cancelled items"
         );
         let mut fired = 0;
-        while q.pop_due(Duration::from_secs(10)).is_some() {
+        while q.pop_due(Duration::from_secs(10), u64::MAX).is_some() {
             fired += 1;
         }
         assert_eq!(fired, 1000);

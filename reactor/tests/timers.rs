@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use torsion_reactor::testing::MemoryReactor;
-use torsion_reactor::{LoopingCall, Reactor, ShutdownPhase};
+use torsion_reactor::{BackendKind, LoopingCall, Reactor, ShutdownPhase};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -425,7 +425,16 @@ fn real_reactor_call_later_order() {
 
 #[test]
 fn call_from_thread_wakes_the_loop() {
-    let reactor = Reactor::new().expect("reactor");
+    call_from_thread_wakes(BackendKind::Auto);
+}
+
+#[test]
+fn call_from_thread_wakes_the_loop_on_the_polling_backend() {
+    call_from_thread_wakes(BackendKind::Polling);
+}
+
+fn call_from_thread_wakes(backend: BackendKind) {
+    let reactor = Reactor::with_backend(backend).expect("reactor");
     hard_stop(&reactor);
     let handle = reactor.handle();
     let reactor_thread = std::thread::current().id();
@@ -572,6 +581,40 @@ fn shutdown_timeout_bounds_a_hold_never_released() {
         elapsed < secs(2),
         "the shutdown timeout (200 ms) bounded the stop, not the 5 s hard stop ({elapsed:?})"
     );
+}
+
+#[test]
+fn a_second_stop_skips_the_wait_for_holds() {
+    let reactor = Reactor::new().expect("reactor");
+    hard_stop(&reactor);
+    // Default shutdown timeout (30 s): only the second stop can end this quickly.
+    let forever: Rc<RefCell<Option<torsion_reactor::ShutdownHold>>> = Rc::default();
+    let f = forever.clone();
+    reactor.add_shutdown_trigger(ShutdownPhase::Before, move |r| {
+        *f.borrow_mut() = Some(r.hold_shutdown());
+        let _again = r.call_later(ms(50), |r| r.stop());
+    });
+    let _stop = reactor.call_later(ms(10), |r| r.stop());
+    let started = Instant::now();
+    reactor.run().expect("run");
+    let elapsed = started.elapsed();
+    assert!(forever.borrow().is_some());
+    assert!(elapsed >= ms(50), "{elapsed:?}");
+    assert!(elapsed < secs(2), "the second stop forced it ({elapsed:?})");
+}
+
+#[test]
+fn stop_before_run_runs_startup_triggers_then_stops() {
+    let reactor = Reactor::new().expect("reactor");
+    hard_stop(&reactor);
+    let log = Log::default();
+    reactor.when_running(log.recorder("startup"));
+    reactor.add_shutdown_trigger(ShutdownPhase::After, log.recorder("after"));
+    reactor.stop();
+    let started = Instant::now();
+    reactor.run().expect("run");
+    assert!(started.elapsed() < secs(2));
+    assert_eq!(log.names(), vec!["startup", "after"]);
 }
 
 #[test]

@@ -141,12 +141,13 @@ impl ConnectorInner {
         let attempt = self.attempt.get() + 1;
         self.attempt.set(attempt);
         self.last_error.borrow_mut().take();
-        let weak = self.me.clone();
+        // The timer holds the connector strongly: an attempt reports its outcome even when the
+        // user dropped the `Connector` handle. It is cancelled (and released) when the attempt
+        // ends.
+        let me = self.clone();
         let timer = reactor.call_later(self.options.timeout, move |_| {
-            if let Some(c) = weak.upgrade() {
-                if c.attempt.get() == attempt && c.is_attempting() {
-                    c.fail(CloseReason::ConnectTimedOut);
-                }
+            if me.attempt.get() == attempt && me.is_attempting() {
+                me.fail(CloseReason::ConnectTimedOut);
             }
         });
         *self.timer.borrow_mut() = Some(timer);
@@ -324,7 +325,9 @@ impl ConnectorInner {
             return;
         };
         tracing::debug!(peer = %addr, local = %local, "connected");
-        let weak = self.me.clone();
+        // Held strongly until the connection ends, so `client_connection_lost` is delivered
+        // whether or not the user kept the `Connector`.
+        let me = self.me.upgrade().expect("alive");
         let conn = StreamConnection::start(
             reactor,
             SocketIo { reg, kind },
@@ -333,11 +336,9 @@ impl ConnectorInner {
             local,
             self.options.config.clone(),
             Some(Box::new(move |reason: &CloseReason| {
-                if let Some(c) = weak.upgrade() {
-                    *c.state.borrow_mut() = State::Idle;
-                    let reason = reason.clone();
-                    c.with_factory(|f, conn| f.client_connection_lost(conn, reason));
-                }
+                *me.state.borrow_mut() = State::Idle;
+                let reason = reason.clone();
+                me.with_factory(|f, conn| f.client_connection_lost(conn, reason));
             })),
         );
         // Unless it already closed during `connection_made` (then `on_lost` reset the state).

@@ -140,7 +140,11 @@ impl FromStr for ServerEndpoint {
                 let v6 = kind == "tcp6";
                 let mut port = positional.first().cloned();
                 if positional.len() > 1 {
-                    return err(format!("unexpected '{}' in {kind} endpoint", positional[1]));
+                    return err(format!(
+                        "unexpected '{}' in {kind} endpoint (an IPv6 address needs tcp6 and \
+                         escaped colons or brackets: tcp6:PORT:interface=[::1])",
+                        positional[1]
+                    ));
                 }
                 let mut ip: IpAddr = if v6 {
                     Ipv6Addr::UNSPECIFIED.into()

@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 mod connector;
+mod datagram;
 mod endpoint;
 mod listener;
 mod socket;
@@ -43,9 +44,10 @@ mod unix;
 use std::net::ToSocketAddrs;
 use std::path::Path;
 
-use torsion_reactor::{ClientFactory, Connector, Reactor, Result, SharedFactory};
+use torsion_reactor::{ClientFactory, Connector, DatagramProtocol, Reactor, Result, SharedFactory};
 
 pub use connector::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
+pub use datagram::{DatagramOptions, DatagramPort};
 pub use endpoint::{EndpointError, ServerEndpoint};
 pub use listener::ListeningPort;
 pub use tcp::{TcpListenOptions, DEFAULT_BACKLOG};
@@ -109,6 +111,45 @@ pub trait ReactorExt {
 
     /// Connects to a Linux abstract socket name.
     fn connect_unix_abstract(&self, name: &[u8], factory: impl ClientFactory) -> Connector;
+
+    /// Binds a UDP socket on `addr` (port 0 picks a free port) and runs `protocol` on it.
+    fn listen_udp(
+        &self,
+        addr: impl ToSocketAddrs,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort>;
+
+    /// Binds a UDP socket with explicit options (buffer sizes, broadcast, queue limit, …).
+    fn listen_udp_with(
+        &self,
+        addr: impl ToSocketAddrs,
+        protocol: impl DatagramProtocol,
+        options: DatagramOptions,
+    ) -> Result<DatagramPort>;
+
+    /// Binds a UDP socket that shares its port with other sockets and processes
+    /// (`SO_REUSEADDR` + `SO_REUSEPORT`), as multicast receivers do.
+    fn listen_multiple(
+        &self,
+        addr: impl ToSocketAddrs,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort>;
+
+    /// Binds a Unix datagram socket on `path` (a stale file from a dead server is replaced).
+    fn listen_unix_datagram(
+        &self,
+        path: impl AsRef<Path>,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort>;
+
+    /// Binds a Unix datagram socket on `local` and connects it to `remote`: `write` sends
+    /// there and only its datagrams are delivered.
+    fn connect_unix_datagram(
+        &self,
+        local: impl AsRef<Path>,
+        remote: impl AsRef<Path>,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort>;
 }
 
 impl ReactorExt for Reactor {
@@ -195,5 +236,65 @@ impl ReactorExt for Reactor {
             Box::new(factory),
             ConnectOptions::default(),
         )
+    }
+
+    fn listen_udp(
+        &self,
+        addr: impl ToSocketAddrs,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort> {
+        datagram::listen_udp(self, addr, Box::new(protocol), DatagramOptions::default())
+    }
+
+    fn listen_udp_with(
+        &self,
+        addr: impl ToSocketAddrs,
+        protocol: impl DatagramProtocol,
+        options: DatagramOptions,
+    ) -> Result<DatagramPort> {
+        datagram::listen_udp(self, addr, Box::new(protocol), options)
+    }
+
+    fn listen_multiple(
+        &self,
+        addr: impl ToSocketAddrs,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort> {
+        let options = DatagramOptions {
+            reuse_address: true,
+            reuse_port: true,
+            ..DatagramOptions::default()
+        };
+        datagram::listen_udp(self, addr, Box::new(protocol), options)
+    }
+
+    fn listen_unix_datagram(
+        &self,
+        path: impl AsRef<Path>,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort> {
+        datagram::listen_unix_datagram(
+            self,
+            path.as_ref(),
+            Box::new(protocol),
+            DatagramOptions::default(),
+        )
+    }
+
+    fn connect_unix_datagram(
+        &self,
+        local: impl AsRef<Path>,
+        remote: impl AsRef<Path>,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort> {
+        let port = self.listen_unix_datagram(local, protocol)?;
+        let remote = torsion_reactor::Address::Unix(torsion_reactor::UnixAddress::Path(
+            remote.as_ref().to_owned(),
+        ));
+        port.connect(&remote).map_err(|e| {
+            port.stop_listening();
+            torsion_reactor::Error::io(format!("connect to {remote}"), e)
+        })?;
+        Ok(port)
     }
 }

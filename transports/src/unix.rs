@@ -50,9 +50,11 @@ fn new_socket() -> io::Result<Socket> {
     Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)
 }
 
-/// Is a server answering at `path`? A refused connect means the file is stale.
+/// Is a server answering at `path`? Only a refused connect means the file is stale; a
+/// server whose queue is full answers "would block", and counts as live. Non-blocking, so a
+/// busy server can never stall the reactor thread here.
 fn live_server_at(addr: &SockAddr) -> bool {
-    let Ok(probe) = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None) else {
+    let Ok(probe) = new_socket() else {
         return true; // cannot tell: do not remove anything
     };
     !matches!(probe.connect(addr), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)

@@ -1,0 +1,126 @@
+//! An echo client: connects, sends one line, prints what comes back, exits.
+//!
+//! ```text
+//! cargo run --example echo_client -- 127.0.0.1:8000 "hello, torsion"
+//! ```
+//!
+//! Exits 0 once the whole line came back, 1 if the connection failed or closed early.
+//! A [`ClientFactory`] hears about the failed attempt (`client_connection_failed`).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::cell::Cell;
+use std::process::ExitCode;
+use std::rc::Rc;
+
+use torsion::prelude::*;
+use torsion::reactor::WeakReactor;
+
+/// Sends `line`, collects the echo, closes once all of it is back.
+struct LineClient {
+    line: Vec<u8>,
+    echoed: Vec<u8>,
+    ok: Rc<Cell<bool>>,
+}
+
+impl Protocol for LineClient {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        println!("connected to {}", transport.peer_address());
+        transport.write(&self.line);
+    }
+
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        self.echoed.extend_from_slice(data);
+        if self.echoed.len() >= self.line.len() {
+            print!("echo: {}", String::from_utf8_lossy(&self.echoed));
+            self.ok.set(self.echoed == self.line);
+            transport.lose_connection();
+        }
+    }
+
+    fn connection_lost(&mut self, reason: CloseReason) {
+        if !self.ok.get() {
+            eprintln!(
+                "connection closed before the echo came back ({} of {} bytes): {reason}",
+                self.echoed.len(),
+                self.line.len()
+            );
+        }
+    }
+}
+
+/// Builds the one protocol, and stops the reactor however the attempt ends.
+struct OneLine {
+    line: Option<Vec<u8>>,
+    ok: Rc<Cell<bool>>,
+    // Weak: the reactor owns the connector, which owns this factory.
+    reactor: WeakReactor,
+}
+
+impl OneLine {
+    fn stop(&self) {
+        if let Some(reactor) = self.reactor.upgrade() {
+            reactor.stop();
+        }
+    }
+}
+
+impl ClientFactory for OneLine {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        let line = self.line.take()?;
+        Some(Box::new(LineClient {
+            line,
+            echoed: Vec::new(),
+            ok: self.ok.clone(),
+        }))
+    }
+
+    fn client_connection_failed(&mut self, connector: &Connector, reason: CloseReason) {
+        eprintln!("could not connect to {}: {reason}", connector.destination());
+        self.stop();
+    }
+
+    fn client_connection_lost(&mut self, _connector: &Connector, _reason: CloseReason) {
+        self.stop();
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let target = args.next().unwrap_or_else(|| "127.0.0.1:8000".to_owned());
+    let words: Vec<String> = args.collect();
+    let line = if words.is_empty() {
+        "hello, torsion".to_owned()
+    } else {
+        words.join(" ")
+    };
+    let Some((host, port)) = target
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+    else {
+        eprintln!("usage: echo_client [HOST:PORT] [WORDS...]   (got {target:?})");
+        return ExitCode::from(2);
+    };
+    match run(&host, port, format!("{line}\n")) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("echo_client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(host: &str, port: u16, line: String) -> torsion::Result<bool> {
+    let reactor = Reactor::new()?;
+    reactor.stop_on_signals()?;
+    let ok = Rc::new(Cell::new(false));
+    let factory = OneLine {
+        line: Some(line.into_bytes()),
+        ok: ok.clone(),
+        reactor: reactor.downgrade(),
+    };
+    let _connector = reactor.connect_tcp(host, port, factory);
+    reactor.run()?;
+    Ok(ok.get())
+}

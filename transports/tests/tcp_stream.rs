@@ -1,0 +1,692 @@
+//! TCP connections end to end: chunking, half-close, resets, writes after close, connection
+//! failures and IPv6. Peers are blocking `std` sockets on a helper thread, or torsion clients
+//! on the same reactor.
+
+mod util;
+
+use std::cell::RefCell;
+use std::io::{ErrorKind, IoSlice, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockRef, Socket, Type};
+use torsion_reactor::prelude::*;
+use torsion_transports::{ConnectOptions, ReactorExt};
+
+use util::*;
+
+fn listen(reactor: &Reactor, factory: impl Factory) -> SocketAddr {
+    let port = reactor
+        .listen_tcp("127.0.0.1:0", factory)
+        .expect("listen on 127.0.0.1");
+    port_addr(&port.local_address())
+}
+
+/// A server that records, and echoes.
+fn echo_recorder(reactor: &Reactor) -> (SocketAddr, Shared) {
+    let rec = record();
+    let r = rec.clone();
+    let addr = listen(reactor, move |_: &Address| Recorder::echo(&r));
+    (addr, rec)
+}
+
+#[test]
+fn one_byte_writes_are_echoed_in_full() {
+    let reactor = Reactor::new().unwrap();
+    let (addr, rec) = echo_recorder(&reactor);
+    let msg = pattern(300);
+    let sent = msg.clone();
+    let peer = Peer::spawn(move || {
+        let mut s = std_connect(addr);
+        s.set_nodelay(true).unwrap();
+        for (i, b) in sent.iter().enumerate() {
+            write_all(&mut s, std::slice::from_ref(b));
+            if i % 25 == 0 {
+                thread::sleep(Duration::from_millis(2)); // let the server read mid-message
+            }
+        }
+        read_exact_vec(&mut s, sent.len()).expect("read the echo")
+    });
+    let done = peer.done_flag();
+    run_until(&reactor, "the client to read its echo", move || {
+        done.load(Ordering::Acquire)
+    });
+    assert_eq!(peer.join(), msg, "the echo differs from what was sent");
+    let rec = rec.borrow();
+    assert_eq!(rec.data, msg, "the server saw different bytes");
+    assert!(
+        rec.chunks > 1,
+        "the message was meant to arrive in several chunks"
+    );
+}
+
+#[test]
+fn data_arriving_with_fin_is_delivered_and_answered() {
+    let reactor = Reactor::new().unwrap();
+    let (addr, rec) = echo_recorder(&reactor);
+    let peer = Peer::spawn(move || {
+        let mut s = std_connect(addr);
+        write_all(&mut s, b"hello");
+        s.shutdown(Shutdown::Write).unwrap();
+        read_to_eof(&mut s).expect("read the echo, then EOF")
+    });
+    let done = peer.done_flag();
+    let r = rec.clone();
+    run_until(&reactor, "the echo and a clean close", move || {
+        done.load(Ordering::Acquire) && is_lost(&r)
+    });
+    assert_eq!(
+        peer.join(),
+        b"hello",
+        "the echo must be flushed before our FIN"
+    );
+    assert_eq!(rec.borrow().data, b"hello");
+    assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Done));
+}
+
+/// Half-close: answers with `reply` after the peer's FIN, then closes.
+struct ReplyAfterFin {
+    inner: Recorder,
+    reply: Vec<u8>,
+}
+
+impl Protocol for ReplyAfterFin {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        self.inner.connection_made(transport);
+    }
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        self.inner.data_received(transport, data);
+    }
+    fn half_close(&self) -> bool {
+        true
+    }
+    fn read_connection_lost(&mut self, transport: &mut dyn Transport) {
+        self.inner.rec.borrow_mut().read_lost = true;
+        assert!(
+            !transport.is_closing(),
+            "a half-closed transport is still open for writing"
+        );
+        transport.write(&self.reply);
+        transport.lose_connection();
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.inner.connection_lost(reason);
+    }
+}
+
+#[test]
+fn half_close_server_writes_a_mebibyte_after_the_peers_fin() {
+    const MIB: usize = 1 << 20;
+    let reactor = Reactor::new().unwrap();
+    let rec = record();
+    let r = rec.clone();
+    let addr = listen(&reactor, move |_: &Address| ReplyAfterFin {
+        inner: Recorder::new(&r),
+        reply: pattern(MIB),
+    });
+    let peer = Peer::spawn(move || {
+        let mut s = std_connect(addr);
+        write_all(&mut s, b"request");
+        s.shutdown(Shutdown::Write).unwrap();
+        read_to_eof(&mut s).expect("read the reply, then EOF")
+    });
+    let done = peer.done_flag();
+    let r = rec.clone();
+    run_until(&reactor, "the reply and a clean close", move || {
+        done.load(Ordering::Acquire) && is_lost(&r)
+    });
+    let got = peer.join();
+    assert_eq!(got.len(), MIB, "the peer must receive the whole reply");
+    assert!(got == pattern(MIB), "the reply was corrupted");
+    let r = rec.borrow();
+    assert_eq!(r.data, b"request");
+    assert!(
+        r.read_lost,
+        "read_connection_lost must run on the peer's FIN"
+    );
+    drop(r);
+    assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Done));
+}
+
+/// Sends a goodbye, then half-closes its writing side at once.
+struct HalfCloseWriter {
+    inner: Recorder,
+}
+
+impl Protocol for HalfCloseWriter {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        self.inner.connection_made(transport);
+        transport.write(b"bye");
+        transport.lose_write_connection();
+        assert!(
+            transport.is_closing(),
+            "no more writes after lose_write_connection"
+        );
+        transport.write(b" and more"); // ignored
+    }
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        self.inner.data_received(transport, data);
+    }
+    fn write_connection_lost(&mut self, transport: &mut dyn Transport) {
+        self.inner.write_connection_lost(transport);
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.inner.connection_lost(reason);
+    }
+}
+
+#[test]
+fn lose_write_connection_sends_fin_and_keeps_reading() {
+    let reactor = Reactor::new().unwrap();
+    let rec = record();
+    let r = rec.clone();
+    let addr = listen(&reactor, move |_: &Address| HalfCloseWriter {
+        inner: Recorder::new(&r),
+    });
+    let peer = Peer::spawn(move || {
+        let mut s = std_connect(addr);
+        let before = read_to_eof(&mut s).expect("read until the server's FIN");
+        // The server only closed its writing side: it still reads.
+        write_all(&mut s, b"still here");
+        s.shutdown(Shutdown::Write).unwrap();
+        let after = read_to_eof(&mut s).expect("EOF again");
+        (before, after)
+    });
+    let done = peer.done_flag();
+    let r = rec.clone();
+    run_until(&reactor, "the peer's data and a clean close", move || {
+        done.load(Ordering::Acquire) && is_lost(&r)
+    });
+    let (before, after) = peer.join();
+    assert_eq!(before, b"bye", "the peer sees our data, then EOF");
+    assert!(after.is_empty());
+    let r = rec.borrow();
+    assert!(
+        r.write_lost,
+        "write_connection_lost must run once FIN is sent"
+    );
+    assert_eq!(
+        r.data, b"still here",
+        "data sent after our FIN must be delivered"
+    );
+    drop(r);
+    assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Done));
+}
+
+/// Streams a pattern for as long as the transport takes it (a push producer honouring flow
+/// control), counting its `connection_lost` calls.
+struct Streamer {
+    inner: Recorder,
+    paused: bool,
+}
+
+impl Streamer {
+    /// Writes until the transport buffers a little (`pause_producing` only runs after this
+    /// callback returns, so the loop must not wait for it).
+    fn fill(&mut self, transport: &dyn Transport) {
+        let chunk = pattern(64 * 1024);
+        while !self.paused && !transport.is_closing() && transport.buffered() < 256 * 1024 {
+            transport.write(&chunk);
+        }
+    }
+}
+
+impl Protocol for Streamer {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        self.inner.connection_made(transport);
+        self.fill(transport);
+    }
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        self.inner.data_received(transport, data);
+    }
+    fn pause_producing(&mut self, _transport: &mut dyn Transport) {
+        self.paused = true;
+    }
+    fn resume_producing(&mut self, transport: &mut dyn Transport) {
+        self.paused = false;
+        self.fill(transport);
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.inner.connection_lost(reason);
+    }
+}
+
+#[test]
+fn peer_reset_mid_transfer_is_reported_once_as_reset() {
+    let reactor = Reactor::new().unwrap();
+    let rec = record();
+    let r = rec.clone();
+    let addr = listen(&reactor, move |_: &Address| Streamer {
+        inner: Recorder::new(&r),
+        paused: false,
+    });
+    let peer = Peer::spawn(move || {
+        let mut s = std_connect(addr);
+        let got = read_exact_vec(&mut s, 256 * 1024).expect("read part of the stream");
+        // Zero linger: closing sends RST (and the unread data makes sure of it too).
+        SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+        got
+    });
+    let done = peer.done_flag();
+    let r = rec.clone();
+    run_until(&reactor, "the server to see the reset", move || {
+        done.load(Ordering::Acquire) && is_lost(&r)
+    });
+    let got = peer.join();
+    let expected = pattern(64 * 1024);
+    assert!(
+        got.chunks(expected.len()).all(|c| c == expected),
+        "the stream was corrupted before the reset"
+    );
+    // Nothing more may arrive for this connection.
+    run_for(&reactor, Duration::from_millis(200));
+    assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Reset));
+}
+
+/// What to do in `connection_made` before checking that writes are ignored.
+#[derive(Clone, Copy)]
+enum CloseHow {
+    Lose,
+    Abort,
+}
+
+/// Writes, closes, then writes again (which must be ignored).
+struct CloseThenWrite {
+    inner: Recorder,
+    how: CloseHow,
+}
+
+impl Protocol for CloseThenWrite {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        self.inner.connection_made(transport);
+        transport.write(b"before");
+        match self.how {
+            CloseHow::Lose => transport.lose_connection(),
+            CloseHow::Abort => transport.abort_connection(),
+        }
+        assert!(transport.is_closing());
+        for _ in 0..100 {
+            transport.write(b"after");
+            transport.write_vectored(&[IoSlice::new(b"after"), IoSlice::new(b"vectored")]);
+        }
+        transport.lose_write_connection();
+        transport.lose_connection();
+        if matches!(self.how, CloseHow::Abort) {
+            assert_eq!(transport.buffered(), 0, "an abort drops the write buffer");
+        }
+    }
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        self.inner.data_received(transport, data);
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.inner.connection_lost(reason);
+    }
+}
+
+/// Reads what the peer sends until EOF or a reset, whichever comes first.
+fn read_until_closed(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("reading from the server failed: {e}"),
+        }
+    }
+}
+
+fn run_close_then_write(how: CloseHow) -> (Vec<u8>, Shared, Reactor) {
+    let reactor = Reactor::new().unwrap();
+    let rec = record();
+    let r = rec.clone();
+    let addr = listen(&reactor, move |_: &Address| CloseThenWrite {
+        inner: Recorder::new(&r),
+        how,
+    });
+    let peer = Peer::spawn(move || {
+        let mut s = match std::net::TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+            Ok(s) => s,
+            // An abort can reset the connection before `connect` has even returned.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && matches!(how, CloseHow::Abort) => {
+                return Vec::new()
+            }
+            Err(e) => panic!("connect to the server: {e}"),
+        };
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        read_until_closed(&mut s)
+    });
+    let done = peer.done_flag();
+    let r = rec.clone();
+    run_until(&reactor, "the connection to close", move || {
+        done.load(Ordering::Acquire) && is_lost(&r)
+    });
+    (peer.join(), rec, reactor)
+}
+
+/// After `connection_lost`, every transport method through a kept handle is a harmless no-op.
+fn assert_handle_is_inert(reactor: &Reactor, rec: &Shared) {
+    let handle = rec.borrow().handle.clone().expect("handle kept");
+    let checked = Rc::new(RefCell::new(false));
+    let c = checked.clone();
+    reactor.call_soon(move |_| {
+        for _ in 0..1000 {
+            handle.write(b"late");
+        }
+        handle.write_vectored(&[IoSlice::new(b"late")]);
+        handle.pause_reading();
+        handle.resume_reading();
+        handle.lose_write_connection();
+        handle.lose_connection();
+        handle.abort_connection();
+        assert!(handle.is_closing());
+        assert_eq!(handle.buffered(), 0);
+        *c.borrow_mut() = true;
+    });
+    run_until(reactor, "the late calls", move || *checked.borrow());
+    run_for(reactor, Duration::from_millis(50));
+}
+
+#[test]
+fn writes_after_lose_connection_are_ignored() {
+    let (got, rec, reactor) = run_close_then_write(CloseHow::Lose);
+    assert_eq!(
+        got, b"before",
+        "only data written before lose_connection is sent"
+    );
+    assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Done));
+    assert_handle_is_inert(&reactor, &rec);
+    assert_lost_once(&rec, "server after late calls", |r| {
+        matches!(r, CloseReason::Done)
+    });
+}
+
+#[test]
+fn writes_after_abort_are_ignored() {
+    let (got, rec, reactor) = run_close_then_write(CloseHow::Abort);
+    assert!(
+        got.is_empty() || got == b"before",
+        "nothing written after the abort may be sent, got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Aborted));
+    assert_handle_is_inert(&reactor, &rec);
+    assert_lost_once(&rec, "server after late calls", |r| {
+        matches!(r, CloseReason::Aborted)
+    });
+}
+
+#[test]
+fn writes_through_a_handle_after_a_peer_reset_are_ignored() {
+    let reactor = Reactor::new().unwrap();
+    let rec = record();
+    let r = rec.clone();
+    let addr = listen(&reactor, move |_: &Address| Recorder::new(&r));
+    let peer = Peer::spawn(move || {
+        let s = std_connect(addr);
+        SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    });
+    let done = peer.done_flag();
+    let r = rec.clone();
+    run_until(&reactor, "the reset", move || {
+        done.load(Ordering::Acquire) && is_lost(&r)
+    });
+    peer.join();
+    assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Reset));
+    assert_handle_is_inert(&reactor, &rec);
+    assert_lost_once(&rec, "server after late calls", |r| {
+        matches!(r, CloseReason::Reset)
+    });
+}
+
+/// What a client factory heard.
+#[derive(Default)]
+struct Outcome {
+    started: usize,
+    built: usize,
+    failed: Vec<CloseReason>,
+    lost: Vec<CloseReason>,
+}
+
+/// A client factory that records every event; its protocol records what it receives.
+struct Watcher {
+    outcome: Rc<RefCell<Outcome>>,
+    rec: Shared,
+}
+
+impl Watcher {
+    fn new() -> (Self, Rc<RefCell<Outcome>>, Shared) {
+        let outcome = Rc::new(RefCell::new(Outcome::default()));
+        let rec = record();
+        (
+            Watcher {
+                outcome: outcome.clone(),
+                rec: rec.clone(),
+            },
+            outcome,
+            rec,
+        )
+    }
+}
+
+impl ClientFactory for Watcher {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        self.outcome.borrow_mut().built += 1;
+        Some(Box::new(Recorder::new(&self.rec)))
+    }
+    fn started_connecting(&mut self, _connector: &Connector) {
+        self.outcome.borrow_mut().started += 1;
+    }
+    fn client_connection_failed(&mut self, _connector: &Connector, reason: CloseReason) {
+        self.outcome.borrow_mut().failed.push(reason);
+    }
+    fn client_connection_lost(&mut self, _connector: &Connector, reason: CloseReason) {
+        self.outcome.borrow_mut().lost.push(reason);
+    }
+}
+
+/// Runs until the attempt failed or connected.
+fn run_attempt(reactor: &Reactor, outcome: &Rc<RefCell<Outcome>>, rec: &Shared) {
+    let o = outcome.clone();
+    let r = rec.clone();
+    run_until(reactor, "the connection attempt to end", move || {
+        !o.borrow().failed.is_empty() || r.borrow().made
+    });
+}
+
+#[test]
+fn connecting_to_a_closed_port_is_refused() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }; // closed here: nothing listens there any more
+    let reactor = Reactor::new().unwrap();
+    let (factory, outcome, rec) = Watcher::new();
+    let _connector = reactor.connect_tcp("127.0.0.1", port, factory);
+    run_attempt(&reactor, &outcome, &rec);
+    run_for(&reactor, Duration::from_millis(50)); // no second report
+    let o = outcome.borrow();
+    assert_eq!(o.started, 1);
+    assert_eq!(o.built, 0, "no protocol for a refused connection");
+    assert!(
+        matches!(o.failed.as_slice(), [CloseReason::ConnectRefused]),
+        "expected one ConnectRefused, got {:?}",
+        o.failed
+    );
+}
+
+/// Starts a non-blocking connect (a filler for a listen queue).
+fn filler(addr: SocketAddr) -> Socket {
+    let s = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None).unwrap();
+    let _ = s.connect(&addr.into()); // EINPROGRESS
+    s
+}
+
+#[test]
+fn connecting_to_a_full_listen_queue_times_out() {
+    // A listener with backlog 0 that never accepts: once its queue is full, the kernel drops
+    // further SYNs and a connect can only time out.
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let reactor = Reactor::new().unwrap();
+    let mut fillers = Vec::new();
+    let mut outcomes = Vec::new();
+    for want in [2, 4, 8, 16] {
+        while fillers.len() < want {
+            fillers.push(filler(addr));
+        }
+        thread::sleep(Duration::from_millis(50)); // let the fillers' handshakes complete
+        let (factory, outcome, rec) = Watcher::new();
+        let options = ConnectOptions {
+            timeout: Duration::from_millis(300),
+            ..ConnectOptions::default()
+        };
+        let start = Instant::now();
+        let _connector = reactor.connect_tcp_with("127.0.0.1", addr.port(), factory, options);
+        run_attempt(&reactor, &outcome, &rec);
+        let elapsed = start.elapsed();
+        let o = outcome.borrow();
+        if o.built == 1 {
+            // The kernel still had room: fill the queue more and retry.
+            if let Some(h) = rec.borrow().handle.clone() {
+                h.abort_connection();
+            }
+            outcomes.push(format!("connected with {want} fillers"));
+            continue;
+        }
+        assert!(
+            matches!(o.failed.as_slice(), [CloseReason::ConnectTimedOut]),
+            "expected one ConnectTimedOut, got {:?}",
+            o.failed
+        );
+        assert!(
+            elapsed >= Duration::from_millis(250),
+            "timed out too early: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "timed out too late: {elapsed:?}"
+        );
+        return;
+    }
+    panic!("no connection attempt timed out: {outcomes:?}");
+}
+
+#[test]
+fn connecting_to_an_unresolvable_host_fails_resolution() {
+    let reactor = Reactor::new().unwrap();
+    let (factory, outcome, rec) = Watcher::new();
+    let _connector = reactor.connect_tcp("no-such-host.invalid", 80, factory);
+    run_attempt(&reactor, &outcome, &rec);
+    let o = outcome.borrow();
+    assert_eq!(o.started, 1);
+    assert_eq!(o.built, 0);
+    match o.failed.as_slice() {
+        [CloseReason::ResolutionFailed(msg)] => {
+            assert!(!msg.is_empty(), "the resolver's message is kept")
+        }
+        other => panic!("expected one ResolutionFailed, got {other:?}"),
+    }
+}
+
+// `connect_tcp` "returns at once; the outcome reaches the factory": the returned Connector
+// is a handle, so dropping it must not lose the factory's events.
+
+#[test]
+fn dropped_connector_still_reports_a_failure() {
+    let reactor = Reactor::new().unwrap();
+    // Resolution happens on another thread, so the report comes after a wait.
+    let (factory, outcome, rec) = Watcher::new();
+    drop(reactor.connect_tcp("no-such-host.invalid", 80, factory));
+    let o = outcome.clone();
+    try_run_until(&reactor, Duration::from_secs(3), move || {
+        !o.borrow().failed.is_empty()
+    });
+    assert!(!rec.borrow().made);
+    let o = outcome.borrow();
+    assert!(
+        matches!(o.failed.as_slice(), [CloseReason::ResolutionFailed(_)]),
+        "client_connection_failed must reach the factory of a dropped connector, got {:?}",
+        o.failed
+    );
+}
+
+#[test]
+fn dropped_connector_still_reports_the_connection_lost() {
+    let reactor = Reactor::new().unwrap();
+    let (addr, _server) = echo_recorder(&reactor);
+    let (factory, outcome, rec) = Watcher::new();
+    drop(reactor.connect_tcp("127.0.0.1", addr.port(), factory));
+    let r = rec.clone();
+    run_until(&reactor, "the client to connect", move || r.borrow().made);
+    let handle = rec.borrow().handle.clone().expect("handle kept");
+    handle.lose_connection();
+    let r = rec.clone();
+    run_until(&reactor, "the client to close", move || is_lost(&r));
+    run_for(&reactor, Duration::from_millis(100));
+    assert_lost_once(&rec, "client protocol", |r| matches!(r, CloseReason::Done));
+    let o = outcome.borrow();
+    assert!(
+        matches!(o.lost.as_slice(), [CloseReason::Done]),
+        "client_connection_lost must reach the factory of a dropped connector, got {:?}",
+        o.lost
+    );
+}
+
+#[test]
+fn echo_over_ipv6_loopback() {
+    let reactor = Reactor::new().unwrap();
+    let rec = record();
+    let r = rec.clone();
+    let port = match reactor.listen_tcp("[::1]:0", move |_: &Address| Recorder::echo(&r)) {
+        Ok(port) => port,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("skipping: cannot listen on [::1]: {e}");
+            }
+            return;
+        }
+    };
+    let addr = port_addr(&port.local_address());
+    assert!(addr.is_ipv6());
+    // A std client...
+    let peer = Peer::spawn(move || {
+        let mut s = std_connect(addr);
+        write_all(&mut s, b"over v6");
+        s.shutdown(Shutdown::Write).unwrap();
+        read_to_eof(&mut s).expect("echo")
+    });
+    // ...and a torsion client on the same reactor.
+    let (factory, outcome, crec) = Watcher::new();
+    let _connector = reactor.connect_tcp("::1", addr.port(), factory);
+    let c = crec.clone();
+    run_until(&reactor, "the torsion client to connect", move || {
+        c.borrow().made
+    });
+    let handle = crec.borrow().handle.clone().unwrap();
+    handle.write(b"torsion v6");
+    let done = peer.done_flag();
+    let c = crec.clone();
+    run_until(&reactor, "both echoes", move || {
+        done.load(Ordering::Acquire) && c.borrow().data.len() >= 10
+    });
+    assert_eq!(peer.join(), b"over v6");
+    assert_eq!(crec.borrow().data, b"torsion v6");
+    let peer_addr = handle.peer_address();
+    assert_eq!(peer_addr, Address::Inet(addr), "the client's peer is [::1]");
+    handle.lose_connection();
+    let c = crec.clone();
+    run_until(&reactor, "the client to close", move || is_lost(&c));
+    assert_lost_once(&crec, "client", |r| matches!(r, CloseReason::Done));
+    assert!(outcome.borrow().failed.is_empty());
+}

@@ -1,0 +1,255 @@
+//! Unix-domain stream sockets: paths in a temporary directory, file modes, stale and live
+//! socket files, abstract names and peer credentials.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use torsion_reactor::prelude::*;
+use torsion_reactor::{Error, UnixAddress};
+use torsion_transports::{ReactorExt, UnixListenOptions};
+
+use util::*;
+
+/// Connects a torsion client with `connect`, checks an echo round trip, then closes.
+fn torsion_round_trip(reactor: &Reactor, connect: impl FnOnce(&Reactor, Recorder)) -> Shared {
+    let client = record();
+    connect(reactor, Recorder::new(&client));
+    let c = client.clone();
+    run_until(reactor, "the client to connect", move || c.borrow().made);
+    let handle = client.borrow().handle.clone().unwrap();
+    handle.write(b"over unix");
+    let c = client.clone();
+    run_until(reactor, "the echo", move || c.borrow().data.len() >= 9);
+    assert_eq!(client.borrow().data, b"over unix");
+    handle.lose_connection();
+    let c = client.clone();
+    run_until(reactor, "the client to close", move || is_lost(&c));
+    assert_lost_once(&client, "client", |r| matches!(r, CloseReason::Done));
+    client
+}
+
+/// A blocking std client round trip through `path`.
+fn std_round_trip(path: &Path) -> Peer<Vec<u8>> {
+    let path = path.to_owned();
+    Peer::spawn(move || {
+        let mut s = UnixStream::connect(&path).expect("connect to the server");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(b"std client").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).expect("read the echo");
+        back
+    })
+}
+
+fn run_std_round_trip(reactor: &Reactor, path: &Path) {
+    let peer = std_round_trip(path);
+    let done = peer.done_flag();
+    run_until(reactor, "the std client's echo", move || {
+        done.load(Ordering::Acquire)
+    });
+    assert_eq!(peer.join(), b"std client");
+}
+
+#[test]
+fn echo_round_trip_on_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let reactor = Reactor::new().unwrap();
+    let server = record();
+    let s = server.clone();
+    let port = reactor
+        .listen_unix(&path, move |_: &Address| Recorder::echo(&s))
+        .unwrap();
+    assert_eq!(
+        port.local_address(),
+        Address::Unix(UnixAddress::Path(path.clone()))
+    );
+    assert!(std::fs::metadata(&path).unwrap().file_type().is_socket());
+
+    let p = path.clone();
+    torsion_round_trip(&reactor, move |r, proto| {
+        let mut proto = Some(proto);
+        let _ = r.connect_unix(&p, move |_: &Address| proto.take());
+    });
+    let s = server.clone();
+    run_until(&reactor, "the server to close", move || is_lost(&s));
+    assert_eq!(server.borrow().data, b"over unix");
+    assert_lost_once(&server, "server", |r| matches!(r, CloseReason::Done));
+
+    run_std_round_trip(&reactor, &path);
+
+    port.stop_listening();
+    assert!(!path.exists(), "stop_listening removes the socket file");
+}
+
+#[test]
+fn the_requested_file_mode_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("private.sock");
+    let reactor = Reactor::new().unwrap();
+    let options = UnixListenOptions {
+        mode: Some(0o600),
+        ..UnixListenOptions::default()
+    };
+    let _port = reactor
+        .listen_unix_with(&path, |_: &Address| Echo, options)
+        .unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "socket file mode is {mode:o}");
+    run_std_round_trip(&reactor, &path);
+}
+
+#[test]
+fn a_stale_socket_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&path).unwrap()); // a server that died, leaving its file
+    assert!(path.exists());
+    let refused = UnixStream::connect(&path);
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+        "the file is stale"
+    );
+
+    let reactor = Reactor::new().unwrap();
+    let _port = reactor
+        .listen_unix(&path, |_: &Address| Echo)
+        .expect("a stale socket file is replaced");
+    run_std_round_trip(&reactor, &path);
+}
+
+#[test]
+fn a_live_socket_file_is_address_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.sock");
+    let live = UnixListener::bind(&path).unwrap();
+    let reactor = Reactor::new().unwrap();
+    match reactor.listen_unix(&path, |_: &Address| Echo) {
+        Err(Error::AddressInUse(shown)) => {
+            assert!(
+                shown.contains("live.sock"),
+                "the error names the path: {shown}"
+            )
+        }
+        Err(e) => panic!("expected AddressInUse, got {e:?}"),
+        Ok(_) => panic!("listening over a live server must fail"),
+    }
+    // The live server is untouched: its file is still there and it still accepts.
+    assert!(path.exists());
+    live.set_nonblocking(true).unwrap();
+    while live.accept().is_ok() {} // the liveness probe, if still queued
+    let _client = UnixStream::connect(&path).expect("the live server still listens");
+    live.set_nonblocking(false).unwrap();
+    let (_conn, _) = live.accept().expect("and accepts");
+}
+
+#[test]
+fn echo_round_trip_on_an_abstract_name() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!("torsion-test-{}-{nanos}", std::process::id()).into_bytes();
+    let reactor = Reactor::new().unwrap();
+    let server = record();
+    let s = server.clone();
+    let port = reactor
+        .listen_unix_abstract(&name, move |_: &Address| Recorder::echo(&s))
+        .unwrap();
+    assert_eq!(
+        port.local_address(),
+        Address::Unix(UnixAddress::Abstract(name.clone()))
+    );
+    assert!(
+        matches!(
+            reactor.listen_unix_abstract(&name, |_: &Address| Echo),
+            Err(Error::AddressInUse(_))
+        ),
+        "an abstract name in use cannot be bound twice"
+    );
+
+    let n = name.clone();
+    torsion_round_trip(&reactor, move |r, proto| {
+        let mut proto = Some(proto);
+        let _ = r.connect_unix_abstract(&n, move |_: &Address| proto.take());
+    });
+    let s = server.clone();
+    run_until(&reactor, "the server to close", move || is_lost(&s));
+    assert_eq!(server.borrow().data, b"over unix");
+
+    port.stop_listening();
+    let again = reactor
+        .listen_unix_abstract(&name, |_: &Address| Echo)
+        .expect("the name is free once the port stopped");
+    again.stop_listening();
+}
+
+#[test]
+fn peer_credentials_are_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cred.sock");
+    let reactor = Reactor::new().unwrap();
+    let server = record();
+    let s = server.clone();
+    let _port = reactor
+        .listen_unix(&path, move |_: &Address| Recorder::new(&s))
+        .unwrap();
+    let _client = UnixStream::connect(&path).unwrap();
+    let s = server.clone();
+    run_until(&reactor, "the server connection", move || s.borrow().made);
+    let handle = server.borrow().handle.clone().unwrap();
+    let cred = handle
+        .peer_credentials()
+        .expect("Unix connections report the peer's credentials");
+    assert_eq!(cred.uid, rustix::process::geteuid().as_raw());
+    assert_eq!(cred.gid, rustix::process::getegid().as_raw());
+    assert_eq!(cred.pid, Some(std::process::id() as i32));
+}
+
+#[test]
+fn a_live_server_with_a_full_queue_is_address_in_use_without_blocking() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.sock");
+    let addr = SockAddr::unix(&path).unwrap();
+    // A live server that is too busy to accept: its queue (backlog 0) is full.
+    let busy = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    busy.bind(&addr).unwrap();
+    busy.listen(0).unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None).unwrap();
+        if s.connect(&addr).is_err() {
+            break; // EAGAIN: the queue is full
+        }
+        queued.push(s);
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let p = path.clone();
+    let thread = std::thread::spawn(move || {
+        let reactor = Reactor::new().unwrap();
+        let result = reactor.listen_unix(&p, |_: &Address| Echo).map(|_| ());
+        let _ = tx.send(format!("{result:?}"));
+    });
+    let outcome = rx.recv_timeout(Duration::from_secs(3));
+    // Unblock a stuck listen_unix (closing the busy server refuses its probe), then reap it.
+    drop(queued);
+    drop(busy);
+    let _ = thread.join();
+    let outcome = outcome.expect("listen_unix must not block on a busy live server");
+    assert!(
+        outcome.contains("AddressInUse"),
+        "expected AddressInUse, got {outcome}"
+    );
+}
