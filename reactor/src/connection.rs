@@ -36,7 +36,9 @@ use crate::reactor::{Reactor, WeakReactor};
 use crate::reason::CloseReason;
 use crate::registration::Source;
 use crate::timer::DelayedCall;
-use crate::transport::{Keepalive, PeerCredentials, Producer, Transport, TransportHandle};
+use crate::transport::{
+    Keepalive, PeerCredentials, Producer, ProtocolWrapper, Transport, TransportHandle,
+};
 
 /// Limits and timeouts of a stream connection. The defaults suit most servers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +152,7 @@ pub struct StreamConnection<IO: StreamIo> {
     st: RefCell<State>,
     protocol: RefCell<Option<Box<dyn Protocol>>>,
     in_callback: Cell<bool>,
+    wrap: RefCell<Option<ProtocolWrapper>>,
     producer: RefCell<Option<Box<dyn Producer>>>,
     peer: Address,
     local: Address,
@@ -191,6 +194,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
             }),
             protocol: RefCell::new(Some(protocol)),
             in_callback: Cell::new(false),
+            wrap: RefCell::new(None),
             producer: RefCell::new(None),
             peer,
             local,
@@ -229,6 +233,29 @@ impl<IO: StreamIo> StreamConnection<IO> {
         if let Err(msg) = result {
             tracing::error!(peer = %self.peer, panic = %msg, "protocol callback panicked; aborting this connection");
             self.finish(CloseReason::Panic(msg), true);
+            return;
+        }
+        let wrap = self.wrap.borrow_mut().take();
+        if let Some(wrap) = wrap {
+            self.swap_protocol(wrap);
+        }
+    }
+
+    /// Applies a [`Transport::wrap_protocol`] request between callbacks.
+    fn swap_protocol(&self, wrap: ProtocolWrapper) {
+        let Some(old) = self.protocol.borrow_mut().take() else {
+            return;
+        };
+        match catch_unwind_message(move || wrap(old)) {
+            Ok(new) => {
+                self.st.borrow_mut().half_close = new.half_close();
+                *self.protocol.borrow_mut() = Some(new);
+                self.call_protocol(|p, t| p.connection_made(t));
+            }
+            Err(msg) => {
+                tracing::error!(peer = %self.peer, panic = %msg, "protocol wrapper panicked; aborting this connection");
+                self.finish(CloseReason::Panic(msg), true);
+            }
         }
     }
 
@@ -785,6 +812,18 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     fn is_closing(&self) -> bool {
         let st = self.st.borrow();
         st.phase != Phase::Open || st.write_closing
+    }
+
+    fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        if self.in_callback.get() {
+            *self.wrap.borrow_mut() = Some(wrap);
+        } else {
+            self.swap_protocol(wrap);
+        }
+        true
     }
 
     fn handle(&self) -> TransportHandle {

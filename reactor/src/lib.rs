@@ -100,7 +100,9 @@ pub use reactor::{
 pub use reason::CloseReason;
 pub use registration::{Registered, Source};
 pub use timer::{DelayedCall, LoopingCall};
-pub use transport::{Keepalive, PeerCredentials, Producer, Transport, TransportHandle};
+pub use transport::{
+    Keepalive, PeerCredentials, Producer, ProtocolWrapper, Transport, TransportHandle,
+};
 
 /// The names most programs need: `use torsion_reactor::prelude::*;`.
 pub mod prelude {

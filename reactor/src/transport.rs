@@ -7,7 +7,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::address::Address;
+use crate::protocol::Protocol;
 use crate::reactor::Reactor;
+
+/// Turns a connection's protocol into the protocol that replaces it; see
+/// [`Transport::wrap_protocol`].
+pub type ProtocolWrapper = Box<dyn FnOnce(Box<dyn Protocol>) -> Box<dyn Protocol>>;
 
 /// TCP keepalive settings: probe an idle connection to find peers that vanished.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +140,18 @@ pub trait Transport {
     /// `true` once the connection is closing or closed (writes are then ignored).
     fn is_closing(&self) -> bool;
 
+    /// Replaces this connection's protocol: once the current callback returns, `wrap`
+    /// receives the old protocol and returns the new one, and the new protocol's
+    /// `connection_made` runs at once. This is the seam for layers that sit between a stream
+    /// and the user's protocol on a live connection, such as STARTTLS: the TLS layer wraps the
+    /// old protocol, and everything written before the swap went out in the clear.
+    ///
+    /// Returns `false` (and drops `wrap`) if the transport cannot swap, or is closing.
+    fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
+        let _ = wrap;
+        false
+    }
+
     /// A cloneable handle to this connection, usable outside callbacks on the reactor thread
     /// (for example to broadcast a chat line to every other client).
     fn handle(&self) -> TransportHandle;
@@ -191,6 +208,9 @@ impl<T: Transport + ?Sized> Transport for &T {
     }
     fn is_closing(&self) -> bool {
         (**self).is_closing()
+    }
+    fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
+        (**self).wrap_protocol(wrap)
     }
     fn handle(&self) -> TransportHandle {
         (**self).handle()
