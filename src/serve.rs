@@ -5,8 +5,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use torsion::protocols::wire::{Chargen, Daytime, Discard, Echo, Qotd};
+use torsion::protocols::wire::{
+    Chargen, DatagramDiscard, DatagramEcho, Daytime, Discard, Echo, Qotd,
+};
 use torsion::reactor::ShutdownPhase;
+use torsion::transports::DatagramPort;
 use torsion::{Address, ListeningPort, LoopingCall, Reactor, ServerEndpoint, SharedFactory};
 
 /// How long a graceful stop waits for open connections to close.
@@ -34,7 +37,8 @@ pub struct ServeArgs {
     service: Service,
 
     /// Where to listen, as an endpoint description: tcp:PORT[:interface=ADDR][:backlog=N],
-    /// tcp6:PORT[:interface=ADDR], unix:PATH[:mode=660]. Repeatable.
+    /// tcp6:PORT[:interface=ADDR], unix:PATH[:mode=660], and for echo and discard also
+    /// udp:PORT[:interface=ADDR], udp6:PORT, unixgram:PATH. Repeatable.
     #[arg(long = "listen", short = 'l', value_name = "ENDPOINT", required = true)]
     listen: Vec<String>,
 
@@ -61,6 +65,15 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let mut endpoints = Vec::new();
     for desc in &args.listen {
         match ServerEndpoint::parse(desc) {
+            Ok(ep)
+                if ep.is_datagram()
+                    && !matches!(args.service, Service::Echo | Service::Discard) =>
+            {
+                eprintln!(
+                    "torsion: bad endpoint '{desc}': datagram endpoints serve echo and discard only"
+                );
+                return ExitCode::from(2);
+            }
             Ok(ep) => endpoints.push(ep),
             Err(e) => {
                 eprintln!("torsion: bad endpoint '{desc}': {e}");
@@ -83,13 +96,28 @@ fn serve(service: Service, quote: &str, endpoints: &[ServerEndpoint]) -> torsion
     reactor.set_shutdown_timeout(DRAIN_TIMEOUT);
     let factory = factory(service, quote);
     let mut ports = Vec::new();
+    let mut datagram_ports = Vec::new();
     for ep in endpoints {
-        let port = ep.listen(&reactor, factory.clone())?;
-        println!("{service:?} listening on {}", describe(ep, &port));
-        ports.push(port);
+        if ep.is_datagram() {
+            let port = match service {
+                Service::Discard => ep.listen_datagram(&reactor, DatagramDiscard)?,
+                _ => ep.listen_datagram(&reactor, DatagramEcho)?,
+            };
+            println!("{service:?} listening on {}", describe_datagram(ep, &port));
+            datagram_ports.push(port);
+        } else {
+            let port = ep.listen(&reactor, factory.clone())?;
+            println!("{service:?} listening on {}", describe(ep, &port));
+            ports.push(port);
+        }
     }
     let ports = Rc::new(ports);
-    reactor.add_shutdown_trigger(ShutdownPhase::Before, move |r| drain(r, ports));
+    reactor.add_shutdown_trigger(ShutdownPhase::Before, move |r| {
+        for p in &datagram_ports {
+            p.stop_listening();
+        }
+        drain(r, ports)
+    });
     reactor.run()
 }
 
@@ -101,6 +129,14 @@ fn describe(ep: &ServerEndpoint, port: &ListeningPort) -> String {
             backlog: *backlog,
         }
         .to_string(),
+        _ => ep.to_string(),
+    }
+}
+
+/// A datagram endpoint as bound, with the real port when port 0 was asked for.
+fn describe_datagram(ep: &ServerEndpoint, port: &DatagramPort) -> String {
+    match port.local_address() {
+        Address::Inet(addr) => ServerEndpoint::Udp { addr }.to_string(),
         _ => ep.to_string(),
     }
 }

@@ -9,11 +9,14 @@
 //! | [`Daytime`] | 867 | sends the current date and time and closes |
 //!
 //! Each is a plain [`Protocol`], so it runs on TCP, Unix sockets, TLS and the test kit alike.
+//! [`DatagramEcho`] and [`DatagramDiscard`] are the UDP forms of echo and discard.
 
 use std::rc::Rc;
 use std::time::SystemTime;
 
-use torsion_reactor::{Producer, Protocol, Transport, TransportHandle};
+use torsion_reactor::{
+    Address, DatagramProtocol, DatagramTransport, Producer, Protocol, Transport, TransportHandle,
+};
 
 /// Echo (RFC 862): writes back whatever arrives.
 ///
@@ -36,6 +39,34 @@ impl Protocol for Echo {
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
         transport.write(data);
     }
+}
+
+/// Echo over datagrams (RFC 862, UDP): sends each datagram back to its sender.
+///
+/// A reply that cannot be sent (the send queue is full) is dropped and counted by the
+/// transport, as the RFC allows for UDP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DatagramEcho;
+
+impl DatagramProtocol for DatagramEcho {
+    fn datagram_received(
+        &mut self,
+        transport: &mut dyn DatagramTransport,
+        data: &[u8],
+        from: &Address,
+    ) {
+        if let Err(e) = transport.write_to(data, from) {
+            tracing::trace!(peer = %from, error = %e, "echo reply dropped");
+        }
+    }
+}
+
+/// Discard over datagrams (RFC 863, UDP): drops every datagram.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DatagramDiscard;
+
+impl DatagramProtocol for DatagramDiscard {
+    fn datagram_received(&mut self, _: &mut dyn DatagramTransport, _: &[u8], _: &Address) {}
 }
 
 /// Discard (RFC 863): reads and drops everything.

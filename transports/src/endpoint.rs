@@ -5,6 +5,12 @@
 //! | `tcp` | `tcp:PORT` | `interface=ADDR` (default `0.0.0.0`), `backlog=N` (default 50) |
 //! | `tcp6` | `tcp6:PORT` | `interface=ADDR` (default `::`), `backlog=N` |
 //! | `unix` | `unix:PATH` | `mode=OCTAL` (for example `660`), `backlog=N`; a path starting with `@` is a Linux abstract name |
+//! | `udp` | `udp:PORT` | `interface=ADDR` (default `0.0.0.0`) — a datagram endpoint |
+//! | `udp6` | `udp6:PORT` | `interface=ADDR` (default `::`) — a datagram endpoint |
+//! | `unixgram` | `unixgram:PATH` | a Unix datagram socket — a datagram endpoint |
+//!
+//! Stream endpoints are opened with [`ServerEndpoint::listen`] and a factory; datagram
+//! endpoints with [`ServerEndpoint::listen_datagram`] and one protocol.
 //!
 //! Positional values may also be given by name (`tcp:port=8000`, `unix:address=/run/s.sock`).
 //! Colons inside a value are escaped with a backslash as in Twisted (`interface=\:\:1`), or an
@@ -26,7 +32,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use torsion_reactor::{Reactor, Result, SharedFactory};
+use torsion_reactor::{DatagramProtocol, Error, Reactor, Result, SharedFactory};
+
+use crate::datagram::DatagramPort;
 
 use crate::listener::ListeningPort;
 use crate::tcp::{TcpListenOptions, DEFAULT_BACKLOG};
@@ -59,6 +67,16 @@ pub enum ServerEndpoint {
         addr: SocketAddr,
         /// The listen backlog.
         backlog: i32,
+    },
+    /// A UDP port (`udp:` or `udp6:`).
+    Udp {
+        /// The address to bind.
+        addr: SocketAddr,
+    },
+    /// A Unix datagram socket path (`unixgram:`).
+    UnixDatagram {
+        /// The socket path.
+        path: PathBuf,
     },
     /// A Unix socket path, or a Linux abstract name when it starts with `@`.
     Unix {
@@ -136,8 +154,9 @@ impl FromStr for ServerEndpoint {
             }
         }
         match kind {
-            "tcp" | "tcp6" => {
-                let v6 = kind == "tcp6";
+            "tcp" | "tcp6" | "udp" | "udp6" => {
+                let v6 = kind.ends_with('6');
+                let datagram = kind.starts_with("udp");
                 let mut port = positional.first().cloned();
                 if positional.len() > 1 {
                     return err(format!(
@@ -156,7 +175,12 @@ impl FromStr for ServerEndpoint {
                     match k.as_str() {
                         "port" => port = Some(v),
                         "interface" => ip = parse_ip(&v, v6)?,
-                        "backlog" => backlog = parse_backlog(&v)?,
+                        "backlog" if !datagram => backlog = parse_backlog(&v)?,
+                        _ if datagram => {
+                            return err(format!(
+                                "unknown option '{k}' for {kind} (known: port, interface)"
+                            ))
+                        }
                         _ => {
                             return err(format!(
                                 "unknown option '{k}' for {kind} (known: port, interface, backlog)"
@@ -170,11 +194,24 @@ impl FromStr for ServerEndpoint {
                 let port: u16 = port
                     .parse()
                     .or_else(|_| err(format!("port '{port}' is not a number from 0 to 65535")))?;
-                Ok(ServerEndpoint::Tcp {
-                    addr: SocketAddr::new(ip, port),
-                    backlog,
+                let addr = SocketAddr::new(ip, port);
+                Ok(if datagram {
+                    ServerEndpoint::Udp { addr }
+                } else {
+                    ServerEndpoint::Tcp { addr, backlog }
                 })
             }
+            "unixgram" => match (positional.first(), keys.first()) {
+                (_, Some((k, _))) if k != "address" => err(format!(
+                    "unknown option '{k}' for unixgram (known: address)"
+                )),
+                (Some(p), _) | (None, Some((_, p))) if !p.is_empty() => {
+                    Ok(ServerEndpoint::UnixDatagram {
+                        path: PathBuf::from(p),
+                    })
+                }
+                _ => err("unixgram endpoint needs a path, as in unixgram:/tmp/echo.sock"),
+            },
             "unix" => {
                 let mut path = positional.first().cloned();
                 if positional.len() > 1 {
@@ -213,7 +250,7 @@ impl FromStr for ServerEndpoint {
             }
             "" => err("empty endpoint description; try tcp:8000"),
             other => err(format!(
-                "unknown endpoint type '{other}' (known: tcp, tcp6, unix)"
+                "unknown endpoint type '{other}' (known: tcp, tcp6, unix, udp, udp6, unixgram)"
             )),
         }
     }
@@ -233,6 +270,18 @@ impl fmt::Display for ServerEndpoint {
                 }
                 Ok(())
             }
+            ServerEndpoint::Udp { addr } => {
+                let kind = if addr.is_ipv6() { "udp6" } else { "udp" };
+                match addr.ip() {
+                    IpAddr::V4(ip) => write!(f, "{kind}:{}:interface={ip}", addr.port()),
+                    IpAddr::V6(ip) => write!(f, "{kind}:{}:interface=[{ip}]", addr.port()),
+                }
+            }
+            ServerEndpoint::UnixDatagram { path } => write!(
+                f,
+                "unixgram:{}",
+                path.display().to_string().replace(':', "\\:")
+            ),
             ServerEndpoint::Unix {
                 path,
                 mode,
@@ -257,13 +306,42 @@ impl ServerEndpoint {
         desc.parse()
     }
 
-    /// Starts listening on this endpoint.
+    /// `true` for datagram endpoints (`udp`, `udp6`, `unixgram`), which are opened with
+    /// [`listen_datagram`](ServerEndpoint::listen_datagram).
+    pub fn is_datagram(&self) -> bool {
+        matches!(
+            self,
+            ServerEndpoint::Udp { .. } | ServerEndpoint::UnixDatagram { .. }
+        )
+    }
+
+    /// Binds a datagram endpoint and runs `protocol` on it.
+    pub fn listen_datagram(
+        &self,
+        reactor: &Reactor,
+        protocol: impl DatagramProtocol,
+    ) -> Result<DatagramPort> {
+        match self {
+            ServerEndpoint::Udp { addr } => reactor.listen_udp(*addr, protocol),
+            ServerEndpoint::UnixDatagram { path } => reactor.listen_unix_datagram(path, protocol),
+            stream => Err(Error::InvalidAddress(format!(
+                "{stream} is a stream endpoint: open it with listen and a factory"
+            ))),
+        }
+    }
+
+    /// Starts listening on this stream endpoint.
     pub fn listen(
         &self,
         reactor: &Reactor,
         factory: impl Into<SharedFactory>,
     ) -> Result<ListeningPort> {
         match self {
+            datagram @ (ServerEndpoint::Udp { .. } | ServerEndpoint::UnixDatagram { .. }) => {
+                Err(Error::InvalidAddress(format!(
+                    "{datagram} is a datagram endpoint: open it with listen_datagram and a protocol"
+                )))
+            }
             ServerEndpoint::Tcp { addr, backlog } => reactor.listen_tcp_with(
                 *addr,
                 factory,
@@ -346,9 +424,26 @@ mod tests {
         assert!(e("tcp:80:interface=nope").contains("nope"));
         assert!(e("tcp:80:colour=red").contains("colour"));
         assert!(e("udpx:80").contains("udpx"));
+        assert!(e("udp:80:backlog=5").contains("backlog"));
+        assert!(e("unixgram:").contains("needs a path"));
         assert!(e("unix:").contains("needs a path"));
         assert!(e("unix:/a:mode=999").contains("999"));
         assert!(e("tcp:80:backlog=-1").contains("backlog"));
+    }
+
+    #[test]
+    fn datagram_forms() {
+        let ep: ServerEndpoint = "udp:53:interface=127.0.0.1".parse().unwrap();
+        assert!(ep.is_datagram());
+        let addr = "127.0.0.1:53".parse().unwrap();
+        assert_eq!(ep, ServerEndpoint::Udp { addr });
+        let ep: ServerEndpoint = "udp6:53".parse().unwrap();
+        let addr = "[::]:53".parse().unwrap();
+        assert_eq!(ep, ServerEndpoint::Udp { addr });
+        let ep: ServerEndpoint = "unixgram:/tmp/d.sock".parse().unwrap();
+        let path = "/tmp/d.sock".into();
+        assert_eq!(ep, ServerEndpoint::UnixDatagram { path });
+        assert!(!"tcp:1".parse::<ServerEndpoint>().unwrap().is_datagram());
     }
 
     #[test]
@@ -357,6 +452,9 @@ mod tests {
             "tcp:8000:interface=127.0.0.1",
             "tcp6:1:interface=[::1]:backlog=9",
             "unix:/x:mode=600",
+            "udp:9:interface=127.0.0.1",
+            "udp6:9:interface=[::1]",
+            "unixgram:/y",
         ] {
             let ep: ServerEndpoint = d.parse().unwrap();
             assert_eq!(ep.to_string(), d);

@@ -142,6 +142,14 @@ pub trait ReactorExt {
         protocol: impl DatagramProtocol,
     ) -> Result<DatagramPort>;
 
+    /// Binds a Unix datagram socket on `path` with explicit options (queue limit, buffers).
+    fn listen_unix_datagram_with(
+        &self,
+        path: impl AsRef<Path>,
+        protocol: impl DatagramProtocol,
+        options: DatagramOptions,
+    ) -> Result<DatagramPort>;
+
     /// Binds a Unix datagram socket on `local` and connects it to `remote`: `write` sends
     /// there and only its datagrams are delivered.
     fn connect_unix_datagram(
@@ -279,6 +287,15 @@ impl ReactorExt for Reactor {
             Box::new(protocol),
             DatagramOptions::default(),
         )
+    }
+
+    fn listen_unix_datagram_with(
+        &self,
+        path: impl AsRef<Path>,
+        protocol: impl DatagramProtocol,
+        options: DatagramOptions,
+    ) -> Result<DatagramPort> {
+        datagram::listen_unix_datagram(self, path.as_ref(), Box::new(protocol), options)
     }
 
     fn connect_unix_datagram(
