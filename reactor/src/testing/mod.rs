@@ -6,6 +6,7 @@
 //!   drives by hand: feed bytes (in chunks down to one byte), send FIN, reset, stop reading;
 //!   read back what the protocol wrote and why it closed.
 //! - [`connect_pair`]: a client and a server protocol connected to each other in memory.
+//! - [`MemoryNetwork`]: datagram protocols exchanging datagrams in memory.
 //!
 //! The protocol side of all of these is the very connection code that serves TCP and Unix
 //! sockets ([`StreamConnection`]); only the bytes move through memory. A protocol that passes
@@ -30,7 +31,10 @@
 //! assert!(matches!(st.lost(), Some(CloseReason::Done)));
 //! ```
 
+mod datagram;
 mod pipe;
+
+pub use datagram::{MemoryDatagramPort, MemoryNetwork};
 
 use std::cell::RefCell;
 use std::rc::Rc;
