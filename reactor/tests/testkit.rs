@@ -838,3 +838,75 @@ fn connect_pair_server_panic_resets_the_client() {
     );
     assert!(got.borrow().is_empty());
 }
+
+/// Echoes until it receives `UPGRADE`, then asks to be wrapped by [`Shouting`].
+struct Upgradable {
+    made: Rc<Cell<u32>>,
+}
+
+impl Protocol for Upgradable {
+    fn connection_made(&mut self, _transport: &mut dyn Transport) {
+        self.made.set(self.made.get() + 1);
+    }
+
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        if data == b"UPGRADE" {
+            transport.write(b"OK");
+            let made = self.made.clone();
+            assert!(transport.wrap_protocol(Box::new(move |inner| {
+                Box::new(Shouting { inner, made }) as Box<dyn Protocol>
+            })));
+        } else {
+            transport.write(data);
+        }
+    }
+}
+
+/// A layer that upper-cases what it receives before passing it to the wrapped protocol.
+struct Shouting {
+    inner: Box<dyn Protocol>,
+    made: Rc<Cell<u32>>,
+}
+
+impl Protocol for Shouting {
+    fn connection_made(&mut self, _transport: &mut dyn Transport) {
+        // The layer's own start; the wrapped protocol was made long ago.
+        self.made.set(self.made.get() + 10);
+    }
+
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        self.inner
+            .data_received(transport, &data.to_ascii_uppercase());
+    }
+}
+
+#[test]
+fn wrap_protocol_swaps_the_protocol_between_callbacks() {
+    let mr = MemoryReactor::new();
+    let made = Rc::new(Cell::new(0));
+    let st = StringTransport::connect(&mr, Upgradable { made: made.clone() });
+    st.feed(b"quiet");
+    assert_eq!(st.take(), b"quiet");
+    st.feed(b"UPGRADE");
+    assert_eq!(
+        st.take(),
+        b"OK",
+        "bytes written before the swap go out unchanged"
+    );
+    assert_eq!(
+        made.get(),
+        11,
+        "the new layer's connection_made ran once, after the swap"
+    );
+    st.feed(b"loud");
+    assert_eq!(
+        st.take(),
+        b"LOUD",
+        "the wrapper now sits in front of the old protocol"
+    );
+    st.transport().lose_connection();
+    assert!(
+        !st.transport().wrap_protocol(Box::new(|p| p)),
+        "a closing transport refuses to swap"
+    );
+}
