@@ -716,6 +716,13 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         if st.phase != Phase::Open {
             return;
         }
+        if st.read_eof && st.wbuf.is_empty() {
+            // The peer already finished and nothing waits: closing sends our FIN, with no
+            // handshake left to wait for (the common end of a request/response exchange).
+            drop(st);
+            self.finish(CloseReason::Done, false);
+            return;
+        }
         st.phase = Phase::Closing;
         drop(st);
         self.arm_close_timer();
