@@ -31,11 +31,12 @@ use std::ops::Deref;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::rc::{Rc, Weak};
+use std::time::Duration;
 
 use rustix::net::{RecvFlags, SendFlags};
 use socket2::{Domain, SockAddr, Socket, Type};
 use torsion_reactor::{
-    Address, DatagramError, DatagramProtocol, DatagramTransport, Error, Interest,
+    Address, DatagramError, DatagramProtocol, DatagramTransport, DelayedCall, Error, Interest,
     MulticastInterface, Reactor, Readiness, Registered, Result, Source, UnixAddress, WeakReactor,
     DEFAULT_MAX_DATAGRAM_SIZE,
 };
@@ -103,7 +104,13 @@ pub(crate) struct DatagramSocket {
     st: RefCell<State>,
     max_queue_bytes: usize,
     stopped: Cell<bool>,
+    /// Pause before retrying a blocked queue after a writable event that made no progress.
+    write_backoff: Cell<Duration>,
+    retry: RefCell<Option<DelayedCall>>,
 }
+
+const FIRST_WRITE_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_WRITE_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A bound datagram socket returned by `listen_udp` and friends (Twisted's `IListeningPort`
 /// for datagrams). Dereferences to its [`DatagramTransport`], so code outside callbacks can
@@ -204,6 +211,8 @@ impl DatagramSocket {
             }),
             max_queue_bytes: options.max_queue_bytes,
             stopped: Cell::new(false),
+            write_backoff: Cell::new(FIRST_WRITE_BACKOFF),
+            retry: RefCell::new(None),
         });
         if let Some(reg) = sock.reg.borrow().as_ref() {
             reg.set_source(sock.clone());
@@ -256,7 +265,11 @@ impl DatagramSocket {
             match self.send_now(data, to.as_ref()) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(DatagramError::Io(e)),
+                Err(e) => {
+                    drop(st);
+                    self.refused_if_connected(&e);
+                    return Err(DatagramError::Io(e));
+                }
             }
         }
         if st.queued_bytes + data.len() > self.max_queue_bytes {
@@ -270,8 +283,19 @@ impl DatagramSocket {
         Ok(())
     }
 
+    /// In connected mode the kernel reports a refusal (ICMP port unreachable) on whichever
+    /// call comes next: when that is a send, the protocol still hears of it.
+    fn refused_if_connected(&self, e: &io::Error) {
+        if e.kind() != io::ErrorKind::ConnectionRefused || self.st.borrow().peer.is_none() {
+            return;
+        }
+        if let (Some(reactor), Some(me)) = (self.reactor.upgrade(), self.me.upgrade()) {
+            reactor.call_soon(move |_| me.call(|p, t| p.connection_refused(t)));
+        }
+    }
+
     fn update_interest(&self) {
-        let writable = !self.st.borrow().queue.is_empty();
+        let writable = !self.st.borrow().queue.is_empty() && self.retry.borrow().is_none();
         if let Some(reg) = self.reg.borrow().as_ref() {
             let _ = reg.set_interest(Interest {
                 readable: true,
@@ -281,23 +305,49 @@ impl DatagramSocket {
     }
 
     fn flush(&self) {
+        let mut progress = false;
         loop {
             let mut st = self.st.borrow_mut();
             let Some((data, to)) = st.queue.front() else {
                 break;
             };
-            match self.send_now(data, to.as_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                result => {
-                    if let Err(e) = result {
-                        tracing::debug!(local = %self.local, error = %e, "queued datagram not sent");
-                    }
-                    let (data, _) = st.queue.pop_front().expect("front exists");
-                    st.queued_bytes -= data.len();
-                }
+            let result = self.send_now(data, to.as_ref());
+            if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                break;
+            }
+            progress = true;
+            let (data, _) = st.queue.pop_front().expect("front exists");
+            st.queued_bytes -= data.len();
+            drop(st);
+            if let Err(e) = result {
+                tracing::debug!(local = %self.local, error = %e, "queued datagram not sent");
+                self.refused_if_connected(&e);
             }
         }
+        if progress || self.st.borrow().queue.is_empty() {
+            self.write_backoff.set(FIRST_WRITE_BACKOFF);
+        } else {
+            // Writable, yet nothing could be sent: Linux reports an unconnected Unix datagram
+            // socket writable even while its receiver's queue is full. Stop watching for
+            // writability and retry after a pause instead of spinning.
+            self.back_off_writes();
+        }
         self.update_interest();
+    }
+
+    fn back_off_writes(&self) {
+        let (Some(reactor), pause) = (self.reactor.upgrade(), self.write_backoff.get()) else {
+            return;
+        };
+        self.write_backoff.set((pause * 2).min(MAX_WRITE_BACKOFF));
+        let weak = self.me.clone();
+        let call = reactor.call_later(pause, move |_| {
+            if let Some(sock) = weak.upgrade() {
+                sock.retry.borrow_mut().take();
+                sock.flush();
+            }
+        });
+        *self.retry.borrow_mut() = Some(call);
     }
 
     fn read(&self, reactor: &Reactor) {
@@ -403,6 +453,9 @@ impl DatagramTransport for DatagramSocket {
         }
         let reg = self.reg.borrow_mut().take();
         drop(reg);
+        if let Some(retry) = self.retry.borrow_mut().take() {
+            retry.cancel();
+        }
         let path = match &self.local {
             Address::Unix(UnixAddress::Path(p)) => Some(p.clone()),
             _ => None,
@@ -564,10 +617,12 @@ pub(crate) fn listen_unix_datagram(
         if e.kind() != io::ErrorKind::AddrInUse {
             return Err(Error::io(format!("bind {shown}"), e));
         }
-        // A datagram socket file is live if sending an empty datagram to it is accepted.
+        // A datagram socket file is live if a connect to it is accepted (a refusal means
+        // nobody is bound there). Connecting sends nothing to the live socket.
         let probe = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
             .map_err(|e| Error::io("create a probe socket", e))?;
-        let live = !matches!(probe.send_to(&[], &addr), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused);
+        let live =
+            !matches!(probe.connect(&addr), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused);
         if live {
             return Err(Error::AddressInUse(shown));
         }

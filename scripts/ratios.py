@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Summarise a scripts/netbench-compare.sh log: per comparison, the median of the per-round
+torsion/peer ratios of the main metric and of the server CPU cost per operation.
+
+    python3 scripts/ratios.py netbench.log
+"""
+import re
+import statistics
+import sys
+
+MAIN = {"pingpong": "rtt_per_s", "bulk": "mib_per_s", "churn": "conns_per_s",
+        "udp": "dgrams_per_s", "idle": "rss_kib_per_conn"}
+CPU = {"bulk": "cpu_us_per_mib"}
+
+
+def fields(line):
+    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+
+def main(path):
+    label, rounds = None, {}
+    rows = []
+
+    def flush():
+        if not label or not rounds:
+            return
+        scenario = next(iter(rounds.values()))["torsion"]["scenario"] if any(
+            "torsion" in r for r in rounds.values()) else "?"
+        main_m = MAIN.get(scenario, "rtt_per_s")
+        cpu_m = CPU.get(scenario, "cpu_us_per_op")
+        out = [label]
+        for metric in (main_m, cpu_m):
+            ratios, a_vals, b_vals = [], [], []
+            for r in rounds.values():
+                peers = [k for k in r if k != "torsion"]
+                if "torsion" not in r or not peers or metric not in r["torsion"] or metric not in r[peers[0]]:
+                    continue
+                a, b = float(r["torsion"][metric]), float(r[peers[0]][metric])
+                a_vals.append(a)
+                b_vals.append(b)
+                if b:
+                    ratios.append(a / b)
+            if ratios:
+                out.append(f"{metric}: torsion {statistics.median(a_vals):.2f} vs "
+                           f"{statistics.median(b_vals):.2f}, ratio {statistics.median(ratios):.3f} "
+                           f"({min(ratios):.2f}-{max(ratios):.2f}, n={len(ratios)})")
+        rows.append(" | ".join(out))
+
+    for line in open(path):
+        if line.startswith("=== "):
+            flush()
+            label, rounds = line[4:].strip(), {}
+        elif line.startswith("RESULT"):
+            f = fields(line)
+            rounds.setdefault(f.get("round"), {})[f.get("server")] = f
+    flush()
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
