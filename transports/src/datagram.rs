@@ -613,24 +613,6 @@ pub(crate) fn listen_unix_datagram(
     let socket = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
         .map_err(|e| Error::io("create a Unix datagram socket", e))?;
     apply(&socket, &options, &shown)?;
-    if let Err(e) = socket.bind(&addr) {
-        if e.kind() != io::ErrorKind::AddrInUse {
-            return Err(Error::io(format!("bind {shown}"), e));
-        }
-        // A datagram socket file is live if a connect to it is accepted (a refusal means
-        // nobody is bound there). Connecting sends nothing to the live socket.
-        let probe = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
-            .map_err(|e| Error::io("create a probe socket", e))?;
-        let live =
-            !matches!(probe.connect(&addr), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused);
-        if live {
-            return Err(Error::AddressInUse(shown));
-        }
-        tracing::info!(path = %shown, "removing stale socket file left by a dead server");
-        std::fs::remove_file(path).map_err(|e| Error::io(format!("remove stale {shown}"), e))?;
-        socket
-            .bind(&addr)
-            .map_err(|e| Error::io(format!("bind {shown}"), e))?;
-    }
+    crate::unix::bind_path(&socket, Type::DGRAM, &addr, path)?;
     DatagramSocket::start(reactor, socket, Kind::Unix, protocol, &options)
 }

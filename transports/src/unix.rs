@@ -50,14 +50,35 @@ fn new_socket() -> io::Result<Socket> {
     Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)
 }
 
-/// Is a server answering at `path`? Only a refused connect means the file is stale; a
-/// server whose queue is full answers "would block", and counts as live. Non-blocking, so a
-/// busy server can never stall the reactor thread here.
-fn live_server_at(addr: &SockAddr) -> bool {
-    let Ok(probe) = new_socket() else {
-        return true; // cannot tell: do not remove anything
+/// Binds `socket` (stream or datagram) to a Unix path, replacing a stale socket file left by
+/// a dead server and refusing a live one with [`Error::AddressInUse`].
+///
+/// Whether a server answers is probed with a non-blocking `connect` of the same socket type:
+/// only a refusal means the file is stale (a stream server whose queue is full answers "would
+/// block" and counts as live; a datagram server receives nothing), and a busy server can never
+/// stall the reactor thread here.
+pub(crate) fn bind_path(socket: &Socket, ty: Type, addr: &SockAddr, path: &Path) -> Result<()> {
+    let shown = path.display();
+    let Err(e) = socket.bind(addr) else {
+        return Ok(());
     };
-    !matches!(probe.connect(addr), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+    if e.kind() != io::ErrorKind::AddrInUse {
+        return Err(Error::io(format!("bind {shown}"), e));
+    }
+    let live = match Socket::new(Domain::UNIX, ty.nonblocking().cloexec(), None) {
+        Ok(probe) => {
+            !matches!(probe.connect(addr), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+        }
+        Err(_) => true, // cannot tell: do not remove anything
+    };
+    if live {
+        return Err(Error::AddressInUse(shown.to_string()));
+    }
+    tracing::info!(path = %shown, "removing stale socket file left by a dead server");
+    std::fs::remove_file(path).map_err(|e| Error::io(format!("remove stale {shown}"), e))?;
+    socket
+        .bind(addr)
+        .map_err(|e| Error::io(format!("bind {shown}"), e))
 }
 
 pub(crate) fn listen(
@@ -70,19 +91,7 @@ pub(crate) fn listen(
     let addr =
         SockAddr::unix(path).map_err(|e| Error::io(format!("use {shown} as a socket path"), e))?;
     let socket = new_socket().map_err(|e| Error::io("create a Unix socket", e))?;
-    if let Err(e) = socket.bind(&addr) {
-        if e.kind() != io::ErrorKind::AddrInUse {
-            return Err(Error::io(format!("bind {shown}"), e));
-        }
-        if live_server_at(&addr) {
-            return Err(Error::AddressInUse(shown));
-        }
-        tracing::info!(path = %shown, "removing stale socket file left by a dead server");
-        std::fs::remove_file(path).map_err(|e| Error::io(format!("remove stale {shown}"), e))?;
-        socket
-            .bind(&addr)
-            .map_err(|e| Error::io(format!("bind {shown}"), e))?;
-    }
+    bind_path(&socket, Type::STREAM, &addr, path)?;
     if let Some(mode) = options.mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io(format!("set mode {mode:o} on {shown}"), e))?;
