@@ -28,6 +28,29 @@ struct Cli {
 enum Command {
     /// Serve a built-in protocol on one or more endpoints until Ctrl-C.
     Serve(serve::ServeArgs),
+    /// Development certificates for TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Write a development CA, a server certificate and a client certificate (PEM).
+    ///
+    /// Files: ca.pem, server.pem (chain), server-key.pem, client.pem, client-key.pem; keys are
+    /// written with mode 0600. Serve with
+    /// `torsion serve echo --listen tls:8443:certKey=DIR/server.pem:privateKey=DIR/server-key.pem`.
+    Create {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// A name or address the server certificate is valid for (repeatable; default
+        /// localhost, 127.0.0.1 and ::1).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -49,5 +72,21 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Certs {
+            command: CertsCommand::Create { dir, hosts },
+        } => match torsion::transports::tls::create_dev_certs(&dir, &hosts) {
+            Ok(certs) => {
+                println!("CA certificate:     {}", certs.ca_cert.display());
+                println!("server certificate: {}", certs.server_cert.display());
+                println!("server key:         {}", certs.server_key.display());
+                println!("client certificate: {}", certs.client_cert.display());
+                println!("client key:         {}", certs.client_key.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("torsion: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }

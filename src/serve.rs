@@ -9,7 +9,6 @@ use torsion::protocols::wire::{
     Chargen, DatagramDiscard, DatagramEcho, Daytime, Discard, Echo, Qotd,
 };
 use torsion::reactor::ShutdownPhase;
-use torsion::transports::DatagramPort;
 use torsion::{Address, ListeningPort, LoopingCall, Reactor, ServerEndpoint, SharedFactory};
 
 /// How long a graceful stop waits for open connections to close.
@@ -37,7 +36,9 @@ pub struct ServeArgs {
     service: Service,
 
     /// Where to listen, as an endpoint description: tcp:PORT[:interface=ADDR][:backlog=N],
-    /// tcp6:PORT[:interface=ADDR], unix:PATH[:mode=660], and for echo and discard also
+    /// tcp6:PORT[:interface=ADDR], unix:PATH[:mode=660],
+    /// tls:PORT:certKey=CERT.pem:privateKey=KEY.pem[:interface=ADDR][:caCerts=CA.pem],
+    /// tlsunix:PATH:certKey=..:privateKey=.., and for echo and discard also
     /// udp:PORT[:interface=ADDR], udp6:PORT, unixgram:PATH. Repeatable.
     #[arg(long = "listen", short = 'l', value_name = "ENDPOINT", required = true)]
     listen: Vec<String>,
@@ -103,11 +104,17 @@ fn serve(service: Service, quote: &str, endpoints: &[ServerEndpoint]) -> torsion
                 Service::Discard => ep.listen_datagram(&reactor, DatagramDiscard)?,
                 _ => ep.listen_datagram(&reactor, DatagramEcho)?,
             };
-            println!("{service:?} listening on {}", describe_datagram(ep, &port));
+            println!(
+                "{service:?} listening on {}",
+                ep.bound_to(&port.local_address())
+            );
             datagram_ports.push(port);
         } else {
             let port = ep.listen(&reactor, factory.clone())?;
-            println!("{service:?} listening on {}", describe(ep, &port));
+            println!(
+                "{service:?} listening on {}",
+                ep.bound_to(&port.local_address())
+            );
             ports.push(port);
         }
     }
@@ -119,26 +126,6 @@ fn serve(service: Service, quote: &str, endpoints: &[ServerEndpoint]) -> torsion
         drain(r, ports)
     });
     reactor.run()
-}
-
-/// The endpoint as listened, with the real port when port 0 was asked for.
-fn describe(ep: &ServerEndpoint, port: &ListeningPort) -> String {
-    match (ep, port.local_address()) {
-        (ServerEndpoint::Tcp { backlog, .. }, Address::Inet(addr)) => ServerEndpoint::Tcp {
-            addr,
-            backlog: *backlog,
-        }
-        .to_string(),
-        _ => ep.to_string(),
-    }
-}
-
-/// A datagram endpoint as bound, with the real port when port 0 was asked for.
-fn describe_datagram(ep: &ServerEndpoint, port: &DatagramPort) -> String {
-    match port.local_address() {
-        Address::Inet(addr) => ServerEndpoint::Udp { addr }.to_string(),
-        _ => ep.to_string(),
-    }
 }
 
 /// Graceful stop: stop accepting, close every connection, hold the stop until they are gone.

@@ -44,6 +44,14 @@ pub enum CloseReason {
     TimedOut,
     /// The peer sent data that the protocol could not accept (the string says what was wrong).
     ProtocolError(String),
+    /// A TLS peer closed the connection without a `close_notify` alert: an attacker or a
+    /// crash may have cut the data short. Never reported as a clean close.
+    Truncated,
+    /// A TLS failure: an alert from the peer, a certificate verification failure (unknown CA,
+    /// hostname mismatch, expired), no shared protocol version, a handshake timeout… The error
+    /// is the TLS layer's own (`torsion_transports::tls::TlsError`), which gives access to
+    /// rustls's error.
+    Tls(Arc<dyn std::error::Error + Send + Sync + 'static>),
     /// Any other operating-system error, kept whole.
     Io(Arc<io::Error>),
 }
@@ -102,6 +110,10 @@ impl fmt::Display for CloseReason {
             CloseReason::CloseTimedOut => f.write_str("graceful close timed out; aborted"),
             CloseReason::TimedOut => f.write_str("connection timed out"),
             CloseReason::ProtocolError(msg) => write!(f, "protocol error: {msg}"),
+            CloseReason::Truncated => f.write_str(
+                "connection truncated: the peer closed without a TLS close_notify (data may be missing)",
+            ),
+            CloseReason::Tls(e) => write!(f, "{e}"),
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
         }
     }

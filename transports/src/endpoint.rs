@@ -5,6 +5,8 @@
 //! | `tcp` | `tcp:PORT` | `interface=ADDR` (default `0.0.0.0`), `backlog=N` (default 50) |
 //! | `tcp6` | `tcp6:PORT` | `interface=ADDR` (default `::`), `backlog=N` |
 //! | `unix` | `unix:PATH` | `mode=OCTAL` (for example `660`), `backlog=N`; a path starting with `@` is a Linux abstract name |
+//! | `tls` (or `ssl`) | `tls:PORT:certKey=CERT.pem:privateKey=KEY.pem` | as `tcp`/`tcp6` (an IPv6 `interface` selects IPv6), plus `caCerts=CA.pem` to require client certificates from that CA |
+//! | `tlsunix` | `tlsunix:PATH:certKey=CERT.pem:privateKey=KEY.pem` | TLS over a Unix socket; as `unix`, plus `caCerts` |
 //! | `udp` | `udp:PORT` | `interface=ADDR` (default `0.0.0.0`) — a datagram endpoint |
 //! | `udp6` | `udp6:PORT` | `interface=ADDR` (default `::`) — a datagram endpoint |
 //! | `unixgram` | `unixgram:PATH` | a Unix datagram socket — a datagram endpoint |
@@ -29,12 +31,13 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use torsion_reactor::{DatagramProtocol, Error, Reactor, Result, SharedFactory};
+use torsion_reactor::{Address, DatagramProtocol, Error, Reactor, Result, SharedFactory};
 
 use crate::datagram::DatagramPort;
+use crate::tls::{ServerTlsConfig, TlsReactorExt};
 
 use crate::listener::ListeningPort;
 use crate::tcp::{TcpListenOptions, DEFAULT_BACKLOG};
@@ -57,6 +60,17 @@ fn err<T>(msg: impl Into<String>) -> std::result::Result<T, EndpointError> {
     Err(EndpointError(msg.into()))
 }
 
+/// The PEM files of a TLS endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain (`certKey=`).
+    pub cert: PathBuf,
+    /// The private key (`privateKey=`).
+    pub key: PathBuf,
+    /// A CA whose client certificates are required (`caCerts=`; mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
 /// A parsed server endpoint description; [`listen`](ServerEndpoint::listen) opens it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -77,6 +91,13 @@ pub enum ServerEndpoint {
     UnixDatagram {
         /// The socket path.
         path: PathBuf,
+    },
+    /// TLS over a TCP endpoint (`tls:`, also spelled `ssl:`) or a Unix one (`tlsunix:`).
+    Tls {
+        /// The stream endpoint under TLS.
+        inner: Box<ServerEndpoint>,
+        /// The certificate, key and optional client CA.
+        files: TlsFiles,
     },
     /// A Unix socket path, or a Linux abstract name when it starts with `@`.
     Unix {
@@ -153,6 +174,56 @@ impl FromStr for ServerEndpoint {
                 None => positional.push(p.clone()),
             }
         }
+        match kind {
+            "tls" | "ssl" | "tlsunix" => {
+                let mut files = TlsFiles::default();
+                let mut rest = Vec::new();
+                for (k, v) in keys {
+                    match k.as_str() {
+                        "certKey" => files.cert = PathBuf::from(v),
+                        "privateKey" => files.key = PathBuf::from(v),
+                        "caCerts" => files.client_ca = Some(PathBuf::from(v)),
+                        _ => rest.push((k, v)),
+                    }
+                }
+                if files.cert.as_os_str().is_empty() {
+                    return err(format!(
+                        "{kind} endpoint needs certKey=CERT.pem (try `torsion certs create`)"
+                    ));
+                }
+                if files.key.as_os_str().is_empty() {
+                    return err(format!("{kind} endpoint needs privateKey=KEY.pem"));
+                }
+                let inner_kind = if kind == "tlsunix" {
+                    "unix"
+                } else if rest.iter().any(|(k, v)| {
+                    k == "interface"
+                        && v.trim_matches(|c| c == '[' || c == ']')
+                            .parse::<Ipv6Addr>()
+                            .is_ok()
+                }) {
+                    "tcp6"
+                } else {
+                    "tcp"
+                };
+                let inner = parse_parts(inner_kind, positional, rest)
+                    .map_err(|e| EndpointError(e.0.replace(inner_kind, kind)))?;
+                Ok(ServerEndpoint::Tls {
+                    inner: Box::new(inner),
+                    files,
+                })
+            }
+            _ => parse_parts(kind, positional, keys),
+        }
+    }
+}
+
+fn parse_parts(
+    kind: &str,
+    positional: Vec<String>,
+    keys: Vec<(String, String)>,
+) -> std::result::Result<ServerEndpoint, EndpointError> {
+    {
         match kind {
             "tcp" | "tcp6" | "udp" | "udp6" => {
                 let v6 = kind.ends_with('6');
@@ -270,6 +341,22 @@ impl fmt::Display for ServerEndpoint {
                 }
                 Ok(())
             }
+            ServerEndpoint::Tls { inner, files } => {
+                let inner = inner.to_string();
+                let (kind, rest) = inner.split_once(':').unwrap_or((&inner, ""));
+                let kind = if kind == "unix" { "tlsunix" } else { "tls" };
+                let esc = |p: &Path| p.display().to_string().replace(':', "\\:");
+                write!(
+                    f,
+                    "{kind}:{rest}:certKey={}:privateKey={}",
+                    esc(&files.cert),
+                    esc(&files.key)
+                )?;
+                if let Some(ca) = &files.client_ca {
+                    write!(f, ":caCerts={}", esc(ca))?;
+                }
+                Ok(())
+            }
             ServerEndpoint::Udp { addr } => {
                 let kind = if addr.is_ipv6() { "udp6" } else { "udp" };
                 match addr.ip() {
@@ -306,6 +393,25 @@ impl ServerEndpoint {
         desc.parse()
     }
 
+    /// This endpoint as bound: TCP and UDP ports are replaced by the real ones of `local` (the
+    /// address a listening port reports), so `tcp:0` prints as the port it got.
+    pub fn bound_to(&self, local: &Address) -> ServerEndpoint {
+        match (self, local) {
+            (ServerEndpoint::Tcp { backlog, .. }, Address::Inet(addr)) => ServerEndpoint::Tcp {
+                addr: *addr,
+                backlog: *backlog,
+            },
+            (ServerEndpoint::Udp { .. }, Address::Inet(addr)) => {
+                ServerEndpoint::Udp { addr: *addr }
+            }
+            (ServerEndpoint::Tls { inner, files }, _) => ServerEndpoint::Tls {
+                inner: Box::new(inner.bound_to(local)),
+                files: files.clone(),
+            },
+            (other, _) => other.clone(),
+        }
+    }
+
     /// `true` for datagram endpoints (`udp`, `udp6`, `unixgram`), which are opened with
     /// [`listen_datagram`](ServerEndpoint::listen_datagram).
     pub fn is_datagram(&self) -> bool {
@@ -337,6 +443,30 @@ impl ServerEndpoint {
         factory: impl Into<SharedFactory>,
     ) -> Result<ListeningPort> {
         match self {
+            ServerEndpoint::Tls { inner, files } => {
+                let config = ServerTlsConfig::from_pem_files(
+                    &files.cert,
+                    &files.key,
+                    files.client_ca.as_deref(),
+                )?;
+                match &**inner {
+                    ServerEndpoint::Tcp { addr, backlog } => reactor.listen_tls_with(
+                        *addr,
+                        &config,
+                        factory,
+                        TcpListenOptions {
+                            backlog: *backlog,
+                            ..TcpListenOptions::default()
+                        },
+                    ),
+                    ServerEndpoint::Unix { path, .. } => {
+                        reactor.listen_tls_unix(path, &config, factory)
+                    }
+                    other => Err(Error::InvalidAddress(format!(
+                        "TLS cannot run over {other}"
+                    ))),
+                }
+            }
             datagram @ (ServerEndpoint::Udp { .. } | ServerEndpoint::UnixDatagram { .. }) => {
                 Err(Error::InvalidAddress(format!(
                     "{datagram} is a datagram endpoint: open it with listen_datagram and a protocol"
@@ -426,6 +556,9 @@ mod tests {
         assert!(e("udpx:80").contains("udpx"));
         assert!(e("udp:80:backlog=5").contains("backlog"));
         assert!(e("unixgram:").contains("needs a path"));
+        assert!(e("tls:443:privateKey=k.pem").contains("certKey"));
+        assert!(e("ssl:443:certKey=c.pem").contains("privateKey"));
+        assert!(e("tls:x:certKey=c:privateKey=k").contains("port 'x'"));
         assert!(e("unix:").contains("needs a path"));
         assert!(e("unix:/a:mode=999").contains("999"));
         assert!(e("tcp:80:backlog=-1").contains("backlog"));
@@ -452,6 +585,9 @@ mod tests {
             "tcp:8000:interface=127.0.0.1",
             "tcp6:1:interface=[::1]:backlog=9",
             "unix:/x:mode=600",
+            "tls:443:interface=127.0.0.1:certKey=/c.pem:privateKey=/k.pem",
+            "tls:443:interface=[::1]:certKey=/c.pem:privateKey=/k.pem:caCerts=/ca.pem",
+            "tlsunix:/s:certKey=/c.pem:privateKey=/k.pem",
             "udp:9:interface=127.0.0.1",
             "udp6:9:interface=[::1]",
             "unixgram:/y",

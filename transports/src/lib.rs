@@ -39,6 +39,7 @@ mod endpoint;
 mod listener;
 mod socket;
 mod tcp;
+pub mod tls;
 mod unix;
 
 use std::net::ToSocketAddrs;

@@ -1,0 +1,543 @@
+//! TLS configuration: [`ServerTlsConfig`] and [`ClientTlsConfig`], built on rustls with the
+//! `ring` provider and secure defaults.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use torsion_reactor::{Error, Result};
+
+/// Default time a TLS handshake may take before the connection is closed with
+/// [`TlsError::HandshakeTimeout`](super::TlsError::HandshakeTimeout): 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default bound of rustls's own outgoing buffers (plaintext waiting for the handshake, and
+/// ciphertext not yet handed to the socket transport): 64 KiB, the transport's default high
+/// watermark.
+pub const DEFAULT_TLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn invalid(context: impl Into<String>, msg: impl fmt::Display) -> Error {
+    Error::io(
+        context,
+        io::Error::new(io::ErrorKind::InvalidData, msg.to_string()),
+    )
+}
+
+/// Reads every certificate of a PEM file (a chain: leaf first, then intermediates).
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let context = format!("read certificates from {}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(&context, e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(&context, e))?;
+    if certs.is_empty() {
+        return Err(invalid(context, "no CERTIFICATE block found in the file"));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key of a PEM file: PKCS#8 (`PRIVATE KEY`), RSA (`RSA PRIVATE
+/// KEY`) or EC (`EC PRIVATE KEY`).
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let context = format!("read private key from {}", path.display());
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(&context, e))
+}
+
+fn pem_error(context: &str, e: rustls_pki_types::pem::Error) -> Error {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) => Error::io(context, io),
+        rustls_pki_types::pem::Error::NoItemsFound => invalid(
+            context,
+            "no matching PEM block found (expected a certificate or a PKCS#8, RSA or EC key)",
+        ),
+        other => invalid(context, other),
+    }
+}
+
+fn roots_from_file(path: &Path) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certificates(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| invalid(format!("add CA from {}", path.display()), e))?;
+    }
+    Ok(roots)
+}
+
+/// A TLS server configuration: rustls's [`rustls::ServerConfig`] plus torsion's handshake
+/// deadline and buffer bound. Cheap to clone; share one across every listening port.
+#[derive(Clone)]
+pub struct ServerTlsConfig {
+    pub(crate) rustls: Arc<rustls::ServerConfig>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) buffer_limit: usize,
+}
+
+impl ServerTlsConfig {
+    /// A server with a certificate chain and key read from PEM files, with defaults (see
+    /// [`ServerTlsConfigBuilder`]). With `client_ca`, clients must present a certificate
+    /// issued by that CA (mutual TLS). This is what the `tls:` endpoint string uses.
+    pub fn from_pem_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self> {
+        let mut builder = Self::builder_from_pem_files(cert, key)?;
+        if let Some(ca) = client_ca {
+            builder = builder.require_client_certs_from_file(ca)?;
+        }
+        builder.build()
+    }
+
+    /// Starts a builder from a certificate chain (leaf first) and its private key.
+    pub fn builder(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> ServerTlsConfigBuilder {
+        ServerTlsConfigBuilder {
+            chain,
+            key,
+            client_auth: ClientAuth::None,
+            alpn: Vec::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+            resumption: true,
+        }
+    }
+
+    /// Starts a builder from PEM files: the chain (leaf first) and a PKCS#8, RSA or EC key.
+    pub fn builder_from_pem_files(cert: &Path, key: &Path) -> Result<ServerTlsConfigBuilder> {
+        Ok(Self::builder(
+            load_certificates(cert)?,
+            load_private_key(key)?,
+        ))
+    }
+
+    /// Wraps a rustls configuration built by hand, with the default deadline and buffer bound.
+    pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> Self {
+        ServerTlsConfig {
+            rustls: config,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+        }
+    }
+
+    /// The rustls configuration.
+    pub fn rustls(&self) -> &Arc<rustls::ServerConfig> {
+        &self.rustls
+    }
+
+    /// The handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// Returns this configuration with another handshake deadline.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+}
+
+impl fmt::Debug for ServerTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTlsConfig")
+            .field("alpn", &self.rustls.alpn_protocols.len())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+enum ClientAuth {
+    None,
+    Required(RootCertStore),
+    Optional(RootCertStore),
+}
+
+/// Builds a [`ServerTlsConfig`]. Defaults:
+///
+/// - TLS 1.3 and 1.2, rustls's default (safe) cipher suites, the `ring` provider;
+/// - no client certificates asked for;
+/// - no ALPN;
+/// - session resumption on: an in-memory session cache (256 entries) and TLS 1.3 tickets;
+/// - handshake deadline [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s);
+/// - rustls buffers bounded by [`DEFAULT_TLS_BUFFER_LIMIT`] (64 KiB).
+#[must_use = "call build() to get the configuration"]
+pub struct ServerTlsConfigBuilder {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_auth: ClientAuth,
+    alpn: Vec<Vec<u8>>,
+    handshake_timeout: Duration,
+    buffer_limit: usize,
+    resumption: bool,
+}
+
+impl ServerTlsConfigBuilder {
+    /// Requires every client to present a certificate issued by one of `roots` (mutual TLS);
+    /// a client without one fails the handshake.
+    pub fn require_client_certs(mut self, roots: RootCertStore) -> Self {
+        self.client_auth = ClientAuth::Required(roots);
+        self
+    }
+
+    /// [`require_client_certs`](Self::require_client_certs) with the CA certificates of a
+    /// PEM file.
+    pub fn require_client_certs_from_file(self, ca: &Path) -> Result<Self> {
+        Ok(self.require_client_certs(roots_from_file(ca)?))
+    }
+
+    /// Asks clients for a certificate issued by one of `roots` but also accepts clients
+    /// without one; a certificate that is presented must verify. Read it with
+    /// [`TlsSession::peer_certificates`](super::TlsSession::peer_certificates).
+    pub fn accept_client_certs(mut self, roots: RootCertStore) -> Self {
+        self.client_auth = ClientAuth::Optional(roots);
+        self
+    }
+
+    /// ALPN protocols offered, in order of preference (e.g. `["h2", "http/1.1"]`).
+    pub fn alpn_protocols<I, P>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        self.alpn = protocols.into_iter().map(|p| p.as_ref().to_vec()).collect();
+        self
+    }
+
+    /// The handshake deadline (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The bound of rustls's outgoing buffers (default 64 KiB).
+    pub fn buffer_limit(mut self, limit: usize) -> Self {
+        self.buffer_limit = limit.max(1024);
+        self
+    }
+
+    /// Turns session resumption (cache and tickets) on or off (default on).
+    pub fn session_resumption(mut self, on: bool) -> Self {
+        self.resumption = on;
+        self
+    }
+
+    /// Builds the configuration; fails if the key does not match the certificate or is of
+    /// an unsupported type.
+    pub fn build(self) -> Result<ServerTlsConfig> {
+        let provider = provider();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("TLS server configuration", e))?;
+        let optional = matches!(self.client_auth, ClientAuth::Optional(_));
+        let builder = match self.client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Required(roots) | ClientAuth::Optional(roots) => {
+                let mut verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                if optional {
+                    verifier = verifier.allow_unauthenticated();
+                }
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| invalid("TLS client certificate verifier", e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(self.chain, self.key)
+            .map_err(|e| invalid("TLS server certificate and key", e))?;
+        config.alpn_protocols = self.alpn;
+        if self.resumption {
+            config.ticketer = rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| invalid("TLS session tickets", e))?;
+        } else {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        }
+        Ok(ServerTlsConfig {
+            rustls: Arc::new(config),
+            handshake_timeout: self.handshake_timeout,
+            buffer_limit: self.buffer_limit,
+        })
+    }
+}
+
+impl fmt::Debug for ServerTlsConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTlsConfigBuilder")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TLS client configuration: rustls's [`rustls::ClientConfig`] plus torsion's handshake
+/// deadline and buffer bound. Cheap to clone; share one across connections (it holds the
+/// session cache used for resumption).
+#[derive(Clone)]
+pub struct ClientTlsConfig {
+    pub(crate) rustls: Arc<rustls::ClientConfig>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) buffer_limit: usize,
+}
+
+impl ClientTlsConfig {
+    /// A client that trusts the Mozilla roots bundled in `webpki-roots`, with defaults.
+    pub fn webpki() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default client configuration is valid")
+    }
+
+    /// A client that trusts only the CA certificates of a PEM file, with defaults.
+    pub fn with_ca_file(ca: &Path) -> Result<Self> {
+        Self::builder().ca_file(ca)?.build()
+    }
+
+    /// Starts a builder (see [`ClientTlsConfigBuilder`] for the defaults).
+    pub fn builder() -> ClientTlsConfigBuilder {
+        ClientTlsConfigBuilder {
+            roots: None,
+            webpki: false,
+            client_cert: None,
+            alpn: Vec::new(),
+            insecure: false,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+            resumption: true,
+        }
+    }
+
+    /// Wraps a rustls configuration built by hand, with the default deadline and buffer bound.
+    pub fn from_rustls(config: Arc<rustls::ClientConfig>) -> Self {
+        ClientTlsConfig {
+            rustls: config,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+        }
+    }
+
+    /// The rustls configuration.
+    pub fn rustls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.rustls
+    }
+
+    /// The handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// Returns this configuration with another handshake deadline.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+}
+
+impl fmt::Debug for ClientTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTlsConfig")
+            .field("alpn", &self.rustls.alpn_protocols.len())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+/// Builds a [`ClientTlsConfig`]. Defaults:
+///
+/// - trust roots: the Mozilla roots of `webpki-roots`, unless CA certificates are given with
+///   [`ca_file`](Self::ca_file) / [`ca_certificates`](Self::ca_certificates) (then only
+///   those, plus the webpki roots if [`webpki_roots`](Self::webpki_roots) is also called);
+/// - server certificate and host name verification always on, SNI always sent (for DNS
+///   names); the only way off is the explicitly named
+///   [`dangerous_skip_server_verification`](Self::dangerous_skip_server_verification);
+/// - no client certificate; no ALPN;
+/// - session resumption on (in-memory cache of 256 sessions, tickets accepted);
+/// - handshake deadline 10 s; rustls buffers bounded to 64 KiB.
+#[must_use = "call build() to get the configuration"]
+pub struct ClientTlsConfigBuilder {
+    roots: Option<RootCertStore>,
+    webpki: bool,
+    client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: Vec<Vec<u8>>,
+    insecure: bool,
+    handshake_timeout: Duration,
+    buffer_limit: usize,
+    resumption: bool,
+}
+
+impl ClientTlsConfigBuilder {
+    /// Also trusts the Mozilla roots of `webpki-roots` (the default when no CA is given).
+    pub fn webpki_roots(mut self) -> Self {
+        self.webpki = true;
+        self
+    }
+
+    /// Trusts the CA certificates of a PEM file.
+    pub fn ca_file(self, ca: &Path) -> Result<Self> {
+        let certs = load_certificates(ca)?;
+        self.ca_certificates(certs)
+    }
+
+    /// Trusts these CA certificates.
+    pub fn ca_certificates(mut self, certs: Vec<CertificateDer<'static>>) -> Result<Self> {
+        let roots = self.roots.get_or_insert_with(RootCertStore::empty);
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| invalid("add CA certificate", e))?;
+        }
+        Ok(self)
+    }
+
+    /// Presents this certificate chain and key to servers that ask (mutual TLS).
+    pub fn client_certificate(
+        mut self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.client_cert = Some((chain, key));
+        self
+    }
+
+    /// [`client_certificate`](Self::client_certificate) from PEM files.
+    pub fn client_certificate_pem_files(self, cert: &Path, key: &Path) -> Result<Self> {
+        Ok(self.client_certificate(load_certificates(cert)?, load_private_key(key)?))
+    }
+
+    /// ALPN protocols offered, in order of preference.
+    pub fn alpn_protocols<I, P>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        self.alpn = protocols.into_iter().map(|p| p.as_ref().to_vec()).collect();
+        self
+    }
+
+    /// **Insecure.** Accepts any server certificate for any name: the connection is encrypted
+    /// but anyone on the path can impersonate the server. For tests against throwaway
+    /// certificates only; prefer [`ca_file`](Self::ca_file) with the test CA.
+    pub fn dangerous_skip_server_verification(mut self) -> Self {
+        self.insecure = true;
+        self
+    }
+
+    /// The handshake deadline (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The bound of rustls's outgoing buffers (default 64 KiB).
+    pub fn buffer_limit(mut self, limit: usize) -> Self {
+        self.buffer_limit = limit.max(1024);
+        self
+    }
+
+    /// Turns session resumption on or off (default on).
+    pub fn session_resumption(mut self, on: bool) -> Self {
+        self.resumption = on;
+        self
+    }
+
+    /// Builds the configuration.
+    pub fn build(self) -> Result<ClientTlsConfig> {
+        let provider = provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("TLS client configuration", e))?;
+        let builder = if self.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        } else {
+            let mut roots = self.roots.clone().unwrap_or_else(RootCertStore::empty);
+            if self.webpki || self.roots.is_none() {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            builder.with_root_certificates(roots)
+        };
+        let mut config = match self.client_cert {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| invalid("TLS client certificate and key", e))?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = self.alpn;
+        if !self.resumption {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        Ok(ClientTlsConfig {
+            rustls: Arc::new(config),
+            handshake_timeout: self.handshake_timeout,
+            buffer_limit: self.buffer_limit,
+        })
+    }
+}
+
+impl fmt::Debug for ClientTlsConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTlsConfigBuilder")
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The verifier behind `dangerous_skip_server_verification`: checks signatures (so the
+/// handshake is well-formed) but trusts any certificate for any name.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,846 @@
+//! The TLS layer: [`TlsProtocol`] runs on a stream transport and drives a rustls connection;
+//! the user's protocol sees plaintext through a TLS [`Transport`] (`Shared`).
+//!
+//! Data path, as in rustls's own mio example: ciphertext from the stream goes into
+//! `read_tls` → `process_new_packets` → plaintext to the inner protocol; plaintext written by
+//! the inner protocol is collected during the callback (or the reactor turn, for writes from
+//! outside callbacks), encrypted in one go (few records, not one per write) and handed to the
+//! stream transport with `write_tls`. No `RefCell` borrow is held while user code runs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use rustls::Connection;
+use rustls_pki_types::{CertificateDer, ServerName};
+use torsion_reactor::{
+    Address, ClientFactory, CloseReason, Connector, DelayedCall, Factory, Keepalive,
+    PeerCredentials, Producer, Protocol, Reactor, SharedFactory, Transport, TransportHandle,
+};
+
+use super::config::{ClientTlsConfig, ServerTlsConfig};
+use super::error::TlsError;
+
+/// Plaintext collected beyond this many bytes is encrypted at once rather than at the end of
+/// the callback or turn (one full TLS record).
+const FLUSH_THRESHOLD: usize = 16 * 1024;
+
+thread_local! {
+    /// Live TLS transports by the address of their shared state, for [`session`].
+    static SESSIONS: RefCell<HashMap<usize, Weak<Shared>>> = RefCell::new(HashMap::new());
+}
+
+fn key_of(t: &dyn Transport) -> usize {
+    t as *const dyn Transport as *const () as usize
+}
+
+/// What a TLS connection negotiated, as seen by either end. Get it with [`session`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TlsSession {
+    /// `false` until the handshake completed (then the other fields are final).
+    pub handshake_complete: bool,
+    /// `true` on the server end of the connection.
+    pub is_server: bool,
+    /// The negotiated protocol version (TLS 1.2 or 1.3).
+    pub protocol_version: Option<rustls::ProtocolVersion>,
+    /// The negotiated cipher suite.
+    pub cipher_suite: Option<rustls::CipherSuite>,
+    /// The protocol agreed with ALPN, if any (e.g. `b"h2"`).
+    pub alpn_protocol: Option<Vec<u8>>,
+    /// The peer's certificate chain, leaf first: the server's on a client, the client's (with
+    /// mutual TLS) on a server; empty if none was presented.
+    pub peer_certificates: Vec<CertificateDer<'static>>,
+    /// On a server, the host name the client asked for with SNI; on a client, the name it
+    /// verified the server against.
+    pub server_name: Option<String>,
+    /// `true` if the session was resumed (no full handshake).
+    pub resumed: bool,
+}
+
+/// The TLS session of a connection, if `transport` is a TLS transport (the one a protocol
+/// receives in its callbacks on a TLS connection, or a handle of it).
+///
+/// ```no_run
+/// # use torsion_reactor::Transport;
+/// # fn f(transport: &dyn Transport) {
+/// if let Some(session) = torsion_transports::tls::session(transport) {
+///     println!("ALPN: {:?}", session.alpn_protocol);
+/// }
+/// # }
+/// ```
+pub fn session(transport: &dyn Transport) -> Option<TlsSession> {
+    let handle = transport.handle();
+    let key = key_of(&*handle);
+    let shared = SESSIONS.with(|m| m.borrow().get(&key).and_then(Weak::upgrade))?;
+    let st = shared.st.try_borrow().ok()?;
+    let conn = &st.conn;
+    let (server_name, is_server) = match conn {
+        Connection::Server(s) => (s.server_name().map(str::to_owned), true),
+        Connection::Client(_) => (shared.client_name.clone(), false),
+    };
+    Some(TlsSession {
+        handshake_complete: st.handshake_done,
+        is_server,
+        protocol_version: conn.protocol_version(),
+        cipher_suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
+        alpn_protocol: conn.alpn_protocol().map(<[u8]>::to_vec),
+        peer_certificates: conn
+            .peer_certificates()
+            .map(<[_]>::to_vec)
+            .unwrap_or_default(),
+        server_name,
+        resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+    })
+}
+
+struct St {
+    conn: Connection,
+    /// Plaintext written by the protocol, not yet encrypted.
+    plain_out: Vec<u8>,
+    /// Scratch buffer for ciphertext on its way to the stream transport.
+    tls_out: Vec<u8>,
+    handshake_done: bool,
+    /// `lose_connection` was called.
+    closing: bool,
+    /// `lose_write_connection` was called.
+    write_closing: bool,
+    /// Our `close_notify` went out.
+    close_sent: bool,
+    /// The stream connection is gone.
+    closed: bool,
+    failure: Option<TlsError>,
+}
+
+/// The TLS transport: what the inner protocol writes through, shared with its handles.
+pub(crate) struct Shared {
+    me: Weak<Shared>,
+    raw: TransportHandle,
+    st: RefCell<St>,
+    client_name: Option<String>,
+    in_callback: Cell<bool>,
+    flush_scheduled: Cell<bool>,
+}
+
+impl Shared {
+    fn rc(&self) -> Rc<Shared> {
+        self.me
+            .upgrade()
+            .expect("a live TLS transport is referenced")
+    }
+
+    /// Encrypts collected plaintext (once the handshake is done) and sends every pending
+    /// TLS record to the stream transport.
+    fn flush(&self) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        if st.closed {
+            st.plain_out.clear();
+            return;
+        }
+        let mut out = std::mem::take(&mut st.tls_out);
+        if st.handshake_done && !st.close_sent && !st.plain_out.is_empty() {
+            let mut off = 0;
+            while off < st.plain_out.len() {
+                let n = st.conn.writer().write(&st.plain_out[off..]).unwrap_or(0);
+                off += n;
+                let mut drained = false;
+                while st.conn.wants_write() {
+                    if st.conn.write_tls(&mut out).is_err() {
+                        break;
+                    }
+                    drained = true;
+                }
+                if n == 0 && !drained {
+                    break; // cannot make progress (should not happen)
+                }
+            }
+            st.plain_out.clear();
+        }
+        while st.conn.wants_write() {
+            if st.conn.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            // The stream transport never calls back into protocols from `write`.
+            self.raw.write(&out);
+            out.clear();
+        }
+        st.tls_out = out;
+    }
+
+    fn schedule_flush(&self) {
+        if self.flush_scheduled.replace(true) {
+            return;
+        }
+        let weak = self.me.clone();
+        self.raw.reactor().call_soon(move |_| {
+            if let Some(s) = weak.upgrade() {
+                s.flush_scheduled.set(false);
+                s.flush();
+            }
+        });
+    }
+
+    fn set_failure(&self, err: TlsError) {
+        let mut st = self.st.borrow_mut();
+        if st.failure.is_none() && !st.closed {
+            tracing::debug!(peer = %self.raw.peer_address(), error = %err, "TLS failure");
+            st.failure = Some(err);
+        }
+    }
+
+    /// Flushes, sends `close_notify`, and closes (or half-closes) the stream.
+    fn send_close(&self) {
+        self.flush();
+        let (full, half) = {
+            let mut st = self.st.borrow_mut();
+            if st.closed || st.close_sent {
+                return;
+            }
+            st.close_sent = true;
+            st.conn.send_close_notify();
+            (st.closing, st.write_closing)
+        };
+        self.flush();
+        if full {
+            self.raw.lose_connection();
+        } else if half {
+            self.raw.lose_write_connection();
+        }
+    }
+
+    fn handshake_timed_out(&self, timeout: Duration) {
+        let pending = {
+            let st = self.st.borrow();
+            !st.handshake_done && !st.closed
+        };
+        if pending {
+            self.set_failure(TlsError::HandshakeTimeout(timeout));
+            self.raw.abort_connection();
+        }
+    }
+}
+
+impl Transport for Shared {
+    fn write(&self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        if st.closed || st.closing || st.write_closing {
+            return;
+        }
+        st.plain_out.extend_from_slice(data);
+        let now = st.handshake_done && st.plain_out.len() >= FLUSH_THRESHOLD;
+        drop(st);
+        if now {
+            self.flush();
+        } else if !self.in_callback.get() {
+            self.schedule_flush();
+        }
+    }
+
+    fn lose_connection(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.closed || st.closing {
+            return;
+        }
+        st.closing = true;
+        let handshaking = !st.handshake_done;
+        drop(st);
+        // During the handshake nothing can be sent yet: the close happens when it completes
+        // (or the handshake deadline ends the connection).
+        if !handshaking {
+            self.send_close();
+        }
+    }
+
+    fn lose_write_connection(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.closed || st.closing || st.write_closing {
+            return;
+        }
+        st.write_closing = true;
+        let handshaking = !st.handshake_done;
+        drop(st);
+        if !handshaking {
+            self.send_close();
+        }
+    }
+
+    fn abort_connection(&self) {
+        self.raw.abort_connection();
+    }
+
+    fn peer_address(&self) -> Address {
+        self.raw.peer_address()
+    }
+
+    fn local_address(&self) -> Address {
+        self.raw.local_address()
+    }
+
+    fn pause_reading(&self) {
+        self.raw.pause_reading();
+    }
+
+    fn resume_reading(&self) {
+        self.raw.resume_reading();
+    }
+
+    fn set_no_delay(&self, on: bool) -> io::Result<()> {
+        self.raw.set_no_delay(on)
+    }
+
+    fn set_keepalive(&self, keepalive: Option<Keepalive>) -> io::Result<()> {
+        self.raw.set_keepalive(keepalive)
+    }
+
+    fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.raw.peer_credentials()
+    }
+
+    fn register_producer(&self, producer: Box<dyn Producer>, streaming: bool) {
+        self.raw.register_producer(producer, streaming);
+    }
+
+    fn unregister_producer(&self) {
+        self.raw.unregister_producer();
+    }
+
+    fn buffered(&self) -> usize {
+        self.raw.buffered() + self.st.borrow().plain_out.len()
+    }
+
+    fn is_closing(&self) -> bool {
+        let st = self.st.borrow();
+        st.closed || st.closing || st.write_closing || self.raw.is_closing()
+    }
+
+    fn handle(&self) -> TransportHandle {
+        TransportHandle::new(self.rc())
+    }
+
+    fn reactor(&self) -> Reactor {
+        self.raw.reactor()
+    }
+}
+
+/// How a client connection ended, for the client-factory wrapper.
+pub(crate) struct Outcome {
+    pub(crate) made: bool,
+    pub(crate) reason: CloseReason,
+}
+
+type OutcomeSlot = Rc<RefCell<Option<Outcome>>>;
+
+/// Runs once the handshake completed, with the TLS transport.
+pub(crate) type HandshakeCallback = Box<dyn FnOnce(&mut dyn Transport)>;
+
+enum Inner {
+    None,
+    Ready(Box<dyn Protocol>),
+    /// Built once the handshake completes (clients from `connect_tls`).
+    Deferred(Rc<RefCell<Box<dyn ClientFactory>>>),
+}
+
+/// A protocol wrapper that speaks TLS on a stream transport and runs the inner protocol on the
+/// plaintext.
+///
+/// `listen_tls`, `connect_tls` and [`start_tls`](super::start_tls) build it for you; build it
+/// by hand to run TLS over any stream, such as the test kit's in-memory pair:
+///
+/// ```
+/// use torsion_reactor::prelude::*;
+/// use torsion_reactor::testing::{connect_pair, MemoryOptions, MemoryReactor};
+/// use torsion_transports::tls::{self, ClientTlsConfig, ServerTlsConfig, TlsProtocol};
+///
+/// struct Echo;
+/// impl Protocol for Echo {
+///     fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) { t.write(d) }
+/// }
+/// struct Hello;
+/// impl Protocol for Hello {
+///     fn connection_made(&mut self, t: &mut dyn Transport) { t.write(b"hi") }
+///     fn data_received(&mut self, t: &mut dyn Transport, _: &[u8]) { t.lose_connection() }
+/// }
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let certs = tls::create_dev_certs(dir.path(), &[]).unwrap();
+/// let server = ServerTlsConfig::from_pem_files(&certs.server_cert, &certs.server_key, None)?;
+/// let client = ClientTlsConfig::with_ca_file(&certs.ca_cert)?;
+/// let mr = MemoryReactor::new();
+/// let pair = connect_pair(
+///     mr.reactor(),
+///     TlsProtocol::client(Hello, &client, "localhost").unwrap(),
+///     TlsProtocol::server(Echo, &server),
+///     MemoryOptions::chunked(1),
+/// );
+/// mr.run_until_idle();
+/// assert!(pair.client_lost().unwrap().is_clean());
+/// # Ok::<(), torsion_reactor::Error>(())
+/// ```
+///
+/// The inner protocol's `connection_made` runs once the handshake completed (on a
+/// STARTTLS upgrade it already ran, in the clear); `connection_lost` runs exactly once, also
+/// when the handshake failed, with the TLS reason (see [`TlsError::from_reason`]).
+pub struct TlsProtocol {
+    conn: Option<Result<Connection, TlsError>>,
+    client_name: Option<String>,
+    shared: Option<Rc<Shared>>,
+    inner: Inner,
+    made: bool,
+    half_close: bool,
+    clean_eof: bool,
+    handshake_timeout: Duration,
+    buffer_limit: usize,
+    deadline: Option<DelayedCall>,
+    outcome: Option<OutcomeSlot>,
+    on_handshake: Option<HandshakeCallback>,
+    early_failure: Option<TlsError>,
+    plain_in: Vec<u8>,
+}
+
+impl TlsProtocol {
+    fn new(
+        conn: Result<Connection, TlsError>,
+        client_name: Option<String>,
+        inner: Inner,
+        handshake_timeout: Duration,
+        buffer_limit: usize,
+    ) -> Self {
+        TlsProtocol {
+            conn: Some(conn),
+            client_name,
+            shared: None,
+            inner,
+            made: false,
+            half_close: false,
+            clean_eof: false,
+            handshake_timeout,
+            buffer_limit,
+            deadline: None,
+            outcome: None,
+            on_handshake: None,
+            early_failure: None,
+            plain_in: Vec::new(),
+        }
+    }
+
+    /// The server end of TLS around `inner`.
+    pub fn server(inner: impl Protocol, config: &ServerTlsConfig) -> Self {
+        Self::server_boxed(Box::new(inner), config)
+    }
+
+    pub(crate) fn server_boxed(inner: Box<dyn Protocol>, config: &ServerTlsConfig) -> Self {
+        let conn = rustls::ServerConnection::new(config.rustls.clone())
+            .map(Connection::from)
+            .map_err(TlsError::Rustls);
+        Self::new(
+            conn,
+            None,
+            Inner::Ready(inner),
+            config.handshake_timeout,
+            config.buffer_limit,
+        )
+    }
+
+    /// The client end of TLS around `inner`, verifying the server against `server_name` (a
+    /// DNS name or an IP address) and sending it with SNI.
+    pub fn client(
+        inner: impl Protocol,
+        config: &ClientTlsConfig,
+        server_name: &str,
+    ) -> Result<Self, TlsError> {
+        let p = Self::client_inner(Inner::Ready(Box::new(inner)), config, server_name);
+        match p.conn {
+            Some(Err(e)) => Err(e),
+            _ => Ok(p),
+        }
+    }
+
+    pub(crate) fn client_boxed(
+        inner: Box<dyn Protocol>,
+        config: &ClientTlsConfig,
+        server_name: &str,
+    ) -> Self {
+        Self::client_inner(Inner::Ready(inner), config, server_name)
+    }
+
+    fn client_inner(inner: Inner, config: &ClientTlsConfig, server_name: &str) -> Self {
+        let name = server_name.trim_start_matches('[').trim_end_matches(']');
+        let conn = ServerName::try_from(name.to_owned())
+            .map_err(|e| {
+                TlsError::Rustls(rustls::Error::General(format!(
+                    "invalid server name {name:?}: {e}"
+                )))
+            })
+            .and_then(|sn| {
+                rustls::ClientConnection::new(config.rustls.clone(), sn)
+                    .map(Connection::from)
+                    .map_err(TlsError::Rustls)
+            });
+        Self::new(
+            conn,
+            Some(name.to_owned()),
+            inner,
+            config.handshake_timeout,
+            config.buffer_limit,
+        )
+    }
+
+    /// Runs `callback` with the TLS transport once the handshake completed (opt-in; for a
+    /// protocol upgraded with STARTTLS, whose `connection_made` already ran).
+    pub fn on_handshake(mut self, callback: impl FnOnce(&mut dyn Transport) + 'static) -> Self {
+        self.on_handshake = Some(Box::new(callback));
+        self
+    }
+
+    /// Marks the inner protocol as already made (STARTTLS).
+    pub(crate) fn already_made(mut self) -> Self {
+        self.made = true;
+        if let Inner::Ready(p) = &self.inner {
+            self.half_close = p.half_close();
+        }
+        self
+    }
+
+    fn with_outcome(mut self, slot: OutcomeSlot) -> Self {
+        self.outcome = Some(slot);
+        self
+    }
+
+    fn call_inner(
+        &mut self,
+        shared: &Rc<Shared>,
+        f: impl FnOnce(&mut dyn Protocol, &mut dyn Transport),
+    ) {
+        let Inner::Ready(p) = &mut self.inner else {
+            return;
+        };
+        shared.in_callback.set(true);
+        let mut t: &Shared = shared;
+        f(&mut **p, &mut t);
+        shared.in_callback.set(false);
+        shared.flush();
+    }
+
+    fn fail(&mut self, shared: &Rc<Shared>, err: TlsError) {
+        shared.set_failure(err);
+        shared.flush(); // the alert rustls queued, if any
+        shared.raw.lose_connection();
+    }
+
+    fn established(&mut self, raw: &mut dyn Transport, shared: &Rc<Shared>) {
+        if let Some(d) = self.deadline.take() {
+            d.cancel();
+        }
+        if let Inner::Deferred(factory) = &self.inner {
+            let factory = factory.clone();
+            let built = factory.borrow_mut().build_protocol(&raw.peer_address());
+            match built {
+                Some(p) => self.inner = Inner::Ready(p),
+                None => {
+                    self.inner = Inner::None;
+                    self.made = true; // the factory saw the connection and refused it
+                    shared.lose_connection();
+                    return;
+                }
+            }
+        }
+        if !self.made {
+            if let Inner::Ready(p) = &self.inner {
+                self.half_close = p.half_close();
+            }
+            self.made = true;
+            self.call_inner(shared, |p, t| p.connection_made(t));
+        }
+        if let Some(cb) = self.on_handshake.take() {
+            shared.in_callback.set(true);
+            let mut t: &Shared = shared;
+            cb(&mut t);
+            shared.in_callback.set(false);
+        }
+        shared.flush();
+        let (closing, sent) = {
+            let st = shared.st.borrow();
+            (st.closing || st.write_closing, st.close_sent)
+        };
+        if closing && !sent {
+            shared.send_close();
+        }
+    }
+}
+
+impl Protocol for TlsProtocol {
+    fn connection_made(&mut self, raw: &mut dyn Transport) {
+        let conn = match self.conn.take() {
+            Some(Ok(conn)) => conn,
+            Some(Err(e)) => {
+                self.early_failure = Some(e);
+                raw.abort_connection();
+                return;
+            }
+            None => return,
+        };
+        let mut conn = conn;
+        conn.set_buffer_limit(Some(self.buffer_limit));
+        let shared = Rc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            raw: raw.handle(),
+            st: RefCell::new(St {
+                conn,
+                plain_out: Vec::new(),
+                tls_out: Vec::new(),
+                handshake_done: false,
+                closing: false,
+                write_closing: false,
+                close_sent: false,
+                closed: false,
+                failure: None,
+            }),
+            client_name: self.client_name.take(),
+            in_callback: Cell::new(false),
+            flush_scheduled: Cell::new(false),
+        });
+        SESSIONS.with(|m| {
+            m.borrow_mut().insert(
+                Rc::as_ptr(&shared) as *const () as usize,
+                Rc::downgrade(&shared),
+            )
+        });
+        let weak = Rc::downgrade(&shared);
+        let timeout = self.handshake_timeout;
+        self.deadline = Some(raw.reactor().call_later(timeout, move |_| {
+            if let Some(s) = weak.upgrade() {
+                s.handshake_timed_out(timeout);
+            }
+        }));
+        shared.flush(); // a client's ClientHello
+        self.shared = Some(shared);
+    }
+
+    fn data_received(&mut self, raw: &mut dyn Transport, data: &[u8]) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let mut failure = None;
+        let mut peer_closed = false;
+        let mut established = false;
+        {
+            let mut st = shared.st.borrow_mut();
+            let st = &mut *st;
+            if st.closed || st.failure.is_some() {
+                return;
+            }
+            let mut rest = data;
+            while !rest.is_empty() {
+                if let Err(e) = st.conn.read_tls(&mut rest) {
+                    failure = Some(TlsError::Rustls(rustls::Error::General(e.to_string())));
+                    break;
+                }
+                match st.conn.process_new_packets() {
+                    Ok(state) => peer_closed |= state.peer_has_closed(),
+                    Err(e) => {
+                        failure = Some(TlsError::Rustls(e));
+                        break;
+                    }
+                }
+                match st.conn.reader().read_to_end(&mut self.plain_in) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {}
+                }
+                if !st.handshake_done && !st.conn.is_handshaking() {
+                    st.handshake_done = true;
+                    established = true;
+                }
+            }
+        }
+        shared.flush();
+        if established {
+            self.established(raw, &shared);
+        }
+        if !self.plain_in.is_empty() {
+            let plain = std::mem::take(&mut self.plain_in);
+            if self.made {
+                self.call_inner(&shared, |p, t| p.data_received(t, &plain));
+            }
+            self.plain_in = plain;
+            self.plain_in.clear();
+        }
+        if let Some(err) = failure {
+            self.fail(&shared, err);
+            return;
+        }
+        if peer_closed && !self.clean_eof {
+            self.clean_eof = true;
+            if self.made && self.half_close {
+                self.call_inner(&shared, |p, t| p.read_connection_lost(t));
+            } else {
+                shared.lose_connection();
+            }
+        }
+    }
+
+    fn connection_lost(&mut self, reason: CloseReason) {
+        if let Some(d) = self.deadline.take() {
+            d.cancel();
+        }
+        let (failure, handshake_done) = match &self.shared {
+            Some(shared) => {
+                shared.in_callback.set(false);
+                SESSIONS.with(|m| {
+                    m.borrow_mut()
+                        .remove(&(Rc::as_ptr(shared) as *const () as usize))
+                });
+                let mut st = shared.st.borrow_mut();
+                st.closed = true;
+                st.plain_out = Vec::new();
+                (st.failure.take(), st.handshake_done)
+            }
+            None => (self.early_failure.take(), false),
+        };
+        let reason = match failure {
+            Some(err) => err.into_close_reason(),
+            None if !handshake_done && reason.is_clean() => {
+                TlsError::HandshakeEof.into_close_reason()
+            }
+            None => reason,
+        };
+        if let Some(slot) = &self.outcome {
+            *slot.borrow_mut() = Some(Outcome {
+                made: self.made,
+                reason: reason.clone(),
+            });
+        }
+        if let Inner::Ready(p) = &mut self.inner {
+            p.connection_lost(reason);
+        }
+    }
+
+    fn half_close(&self) -> bool {
+        true // the layer decides: close_notify before FIN is clean, FIN alone is truncation
+    }
+
+    fn read_connection_lost(&mut self, raw: &mut dyn Transport) {
+        let Some(shared) = self.shared.clone() else {
+            raw.lose_connection();
+            return;
+        };
+        if self.clean_eof {
+            if !(self.made && self.half_close) {
+                raw.lose_connection();
+            }
+            return;
+        }
+        let done = shared.st.borrow().handshake_done;
+        shared.set_failure(if done {
+            TlsError::Truncated
+        } else {
+            TlsError::HandshakeEof
+        });
+        raw.lose_connection();
+    }
+
+    fn write_connection_lost(&mut self, _raw: &mut dyn Transport) {
+        if let Some(shared) = self.shared.clone() {
+            if self.made {
+                self.call_inner(&shared, |p, t| p.write_connection_lost(t));
+            }
+        }
+    }
+
+    fn pause_producing(&mut self, raw: &mut dyn Transport) {
+        match self.shared.clone() {
+            Some(shared) if self.made => self.call_inner(&shared, |p, t| p.pause_producing(t)),
+            _ => raw.pause_reading(),
+        }
+    }
+
+    fn resume_producing(&mut self, raw: &mut dyn Transport) {
+        match self.shared.clone() {
+            Some(shared) if self.made => self.call_inner(&shared, |p, t| p.resume_producing(t)),
+            _ => raw.resume_reading(),
+        }
+    }
+}
+
+/// The factory `listen_tls` gives the stream listener: wraps each protocol the user's
+/// factory builds.
+pub(crate) struct ServerFactory {
+    pub(crate) inner: SharedFactory,
+    pub(crate) config: ServerTlsConfig,
+}
+
+impl Factory for ServerFactory {
+    fn build_protocol(&mut self, peer: &Address, local: &Address) -> Option<Box<dyn Protocol>> {
+        match self.inner.build(peer, local) {
+            Ok(Some(p)) => Some(Box::new(TlsProtocol::server_boxed(p, &self.config))),
+            Ok(None) => None,
+            Err(msg) => {
+                tracing::error!(peer = %peer, panic = %msg, "factory panicked; connection refused");
+                None
+            }
+        }
+    }
+
+    fn start_factory(&mut self) {
+        self.inner.port_started();
+    }
+
+    fn stop_factory(&mut self) {
+        self.inner.port_stopped();
+    }
+}
+
+/// The client factory `connect_tls` gives the stream connector: builds the user's protocol
+/// once the handshake completed, and reports handshake failures as connection failures.
+pub(crate) struct ClientFactoryWrapper {
+    pub(crate) inner: Rc<RefCell<Box<dyn ClientFactory>>>,
+    pub(crate) config: ClientTlsConfig,
+    pub(crate) server_name: String,
+    pub(crate) current: Option<OutcomeSlot>,
+}
+
+impl ClientFactory for ClientFactoryWrapper {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        let slot: OutcomeSlot = Rc::new(RefCell::new(None));
+        self.current = Some(slot.clone());
+        let p = TlsProtocol::client_inner(
+            Inner::Deferred(self.inner.clone()),
+            &self.config,
+            &self.server_name,
+        )
+        .with_outcome(slot);
+        Some(Box::new(p))
+    }
+
+    fn started_connecting(&mut self, connector: &Connector) {
+        self.inner.borrow_mut().started_connecting(connector);
+    }
+
+    fn client_connection_failed(&mut self, connector: &Connector, reason: CloseReason) {
+        self.inner
+            .borrow_mut()
+            .client_connection_failed(connector, reason);
+    }
+
+    fn client_connection_lost(&mut self, connector: &Connector, reason: CloseReason) {
+        let outcome = self.current.take().and_then(|s| s.borrow_mut().take());
+        let (made, reason) = match outcome {
+            Some(o) => (o.made, o.reason),
+            None => (true, reason),
+        };
+        let mut inner = self.inner.borrow_mut();
+        if made {
+            inner.client_connection_lost(connector, reason);
+        } else {
+            inner.client_connection_failed(connector, reason);
+        }
+    }
+}
