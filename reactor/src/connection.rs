@@ -616,6 +616,15 @@ impl<IO: StreamIo> StreamConnection<IO> {
 }
 
 impl<IO: StreamIo> Source for StreamConnection<IO> {
+    fn reactor_dropped(&self) {
+        self.st.borrow_mut().phase = Phase::Closed;
+        drop(self.io.borrow_mut().take());
+        drop(self.protocol.borrow_mut().take());
+        drop(self.producer.borrow_mut().take());
+        drop(self.on_lost.borrow_mut().take());
+        drop(self.wrap.borrow_mut().take());
+    }
+
     fn ready(&self, readiness: Readiness) {
         let Some(reactor) = self.reactor.upgrade() else {
             return;

@@ -88,6 +88,9 @@ impl Drop for Inner {
         // Close every source still registered (connections, ports) so no descriptor leaks when a
         // reactor is dropped without being stopped.
         let sources = self.slots.get_mut().drain();
+        for source in &sources {
+            source.reactor_dropped();
+        }
         drop(sources);
     }
 }

@@ -21,6 +21,11 @@ use crate::reactor::{Inner, Reactor};
 pub trait Source {
     /// The source's descriptor is ready as described.
     fn ready(&self, readiness: Readiness);
+
+    /// The reactor is being dropped with this source still registered: close the descriptor
+    /// and let go of every reference that could keep objects alive in a cycle. No user
+    /// callback may run here.
+    fn reactor_dropped(&self) {}
 }
 
 struct Slot {

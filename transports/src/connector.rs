@@ -349,6 +349,13 @@ impl ConnectorInner {
 }
 
 impl Source for ConnectorInner {
+    fn reactor_dropped(&self) {
+        drop(std::mem::replace(
+            &mut *self.state.borrow_mut(),
+            State::Idle,
+        ));
+    }
+
     fn ready(&self, _readiness: Readiness) {
         let Some(reactor) = self.reactor.upgrade() else {
             return;

@@ -391,6 +391,12 @@ impl DatagramSocket {
 }
 
 impl Source for DatagramSocket {
+    fn reactor_dropped(&self) {
+        self.stopped.set(true);
+        drop(self.reg.borrow_mut().take());
+        drop(self.protocol.borrow_mut().take());
+    }
+
     fn ready(&self, readiness: Readiness) {
         let Some(reactor) = self.reactor.upgrade() else {
             return;

@@ -281,6 +281,11 @@ impl Listener {
 }
 
 impl Source for Listener {
+    fn reactor_dropped(&self) {
+        drop(self.reg.borrow_mut().take());
+        self.conns.borrow_mut().slots.clear();
+    }
+
     fn ready(&self, _readiness: Readiness) {
         if let Some(reactor) = self.reactor.upgrade() {
             self.accept_batch(&reactor);

@@ -1,0 +1,171 @@
+//! The `torsion` command as a user runs it: endpoint errors, development certificates, and
+//! `serve` on TCP, UDP and TLS at once with a graceful stop on SIGTERM.
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use torsion::prelude::*;
+use torsion::transports::tls::{ClientTlsConfig, TlsReactorExt};
+
+const TORSION: &str = env!("CARGO_BIN_EXE_torsion");
+
+/// Kills and reaps the server even when an assertion fails.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_bad_endpoint_is_one_line_and_exit_code_2() {
+    let out = Command::new(TORSION)
+        .args(["serve", "echo", "--listen", "tcp:notaport"])
+        .output()
+        .expect("run torsion");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("notaport"), "{stderr}");
+}
+
+#[test]
+fn certs_create_writes_pem_files_with_private_keys_0600() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = Command::new(TORSION)
+        .args(["certs", "create", "--dir"])
+        .arg(dir.path())
+        .args(["--host", "localhost", "--host", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run torsion");
+    assert!(status.success());
+    for (name, private) in [
+        ("ca.pem", false),
+        ("server.pem", false),
+        ("server-key.pem", true),
+        ("client.pem", false),
+        ("client-key.pem", true),
+    ] {
+        let path = dir.path().join(name);
+        let text = std::fs::read_to_string(&path).expect(name);
+        assert!(text.starts_with("-----BEGIN "), "{name} is PEM");
+        let mode = std::fs::metadata(&path).expect(name).permissions().mode() & 0o777;
+        if private {
+            assert_eq!(mode, 0o600, "{name} mode");
+        }
+    }
+}
+
+/// Echo client over TLS on a torsion reactor: returns what came back.
+fn tls_echo(port: u16, ca: &std::path::Path, message: &[u8]) -> Vec<u8> {
+    struct Client {
+        message: Vec<u8>,
+        got: Rc<RefCell<Vec<u8>>>,
+    }
+    impl Protocol for Client {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.write(&self.message);
+        }
+        fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+            self.got.borrow_mut().extend_from_slice(data);
+            if self.got.borrow().len() >= self.message.len() {
+                t.reactor().stop();
+            }
+        }
+    }
+    let reactor = Reactor::new().expect("reactor");
+    let config = ClientTlsConfig::with_ca_file(ca).expect("client config");
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let (g, m) = (got.clone(), message.to_vec());
+    let _connector = reactor.connect_tls("localhost", port, &config, move |_: &Address| Client {
+        message: m.clone(),
+        got: g.clone(),
+    });
+    let _deadline = reactor.call_later(Duration::from_secs(5), |r| r.stop());
+    reactor.run().expect("run");
+    let got = got.borrow().clone();
+    got
+}
+
+#[test]
+fn serve_echo_on_tcp_udp_and_tls_then_stop_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = torsion::transports::tls::create_dev_certs(dir.path(), &[]).expect("certs");
+    let tls = format!(
+        "tls:0:interface=127.0.0.1:certKey={}:privateKey={}",
+        certs.server_cert.display(),
+        certs.server_key.display()
+    );
+    let child = Command::new(TORSION)
+        .args(["serve", "echo", "--listen", "tcp:0:interface=127.0.0.1"])
+        .args(["--listen", "udp:0:interface=127.0.0.1", "--listen", &tls])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn torsion");
+    let mut server = Server(child);
+    let mut lines = BufReader::new(server.0.stdout.take().expect("stdout")).lines();
+    let mut port_of = |kind: &str| -> u16 {
+        let line = lines.next().expect("a listening line").expect("utf-8");
+        let rest = line
+            .split_once(&format!(" on {kind}:"))
+            .unwrap_or_else(|| panic!("{kind} line: {line}"))
+            .1;
+        rest.split(':').next().unwrap().parse().expect("port")
+    };
+    let (tcp, udp, tls_port) = (port_of("tcp"), port_of("udp"), port_of("tls"));
+
+    let mut stream = TcpStream::connect(("127.0.0.1", tcp)).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"over tcp").unwrap();
+    let mut buf = [0u8; 8];
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"over tcp");
+
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send_to(b"over udp", ("127.0.0.1", udp)).unwrap();
+    let (n, from) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from.port()), (&b"over udp"[..], udp));
+
+    assert_eq!(tls_echo(tls_port, &certs.ca_cert, b"over tls"), b"over tls");
+
+    // SIGTERM: stop listening, close the open TCP connection gracefully, exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    // The server closes our connection gracefully (FIN); a client closes in turn on EOF.
+    stream.read_to_end(&mut rest).expect("clean EOF from the server");
+    drop(stream);
+    let code = loop {
+        if let Some(code) = server.0.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no graceful exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit status {code}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", tcp)).is_err(),
+        "stopped listening"
+    );
+}
