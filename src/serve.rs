@@ -5,6 +5,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use torsion::protocols::framing::{frame_echo, FrameEchoOptions, Framing};
+use torsion::protocols::policies::ConnectionLimits;
 use torsion::protocols::wire::{
     Chargen, DatagramDiscard, DatagramEcho, Daytime, Discard, Echo, Qotd,
 };
@@ -27,6 +29,8 @@ pub enum Service {
     Daytime,
     /// RFC 865: send a quote, then close.
     Qotd,
+    /// Decode frames (--framing) and send each back in the same framing.
+    FrameEcho,
 }
 
 /// Arguments of `torsion serve`.
@@ -46,10 +50,52 @@ pub struct ServeArgs {
     /// The quote `qotd` serves.
     #[arg(long, default_value = torsion::protocols::wire::DEFAULT_QUOTE)]
     quote: String,
+
+    /// frame-echo: the framing (lines, netstring, int8, int16, int32).
+    #[arg(long, default_value = "lines")]
+    framing: Framing,
+
+    /// frame-echo: the largest frame accepted; a longer one closes the connection (default:
+    /// 16384 for lines, 99999 for the others).
+    #[arg(long, value_name = "BYTES")]
+    max_length: Option<usize>,
+
+    /// frame-echo: close a connection idle (no bytes either way) this many seconds.
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<f64>,
+
+    /// Refuse connections beyond this many open at once (over all endpoints).
+    #[arg(long, value_name = "N")]
+    max_conns: Option<usize>,
+
+    /// Refuse connections beyond this many open at once from one IP address.
+    #[arg(long, value_name = "N")]
+    max_conns_per_peer: Option<usize>,
 }
 
-fn factory(service: Service, quote: &str) -> SharedFactory {
-    match service {
+fn factory(args: &ServeArgs) -> SharedFactory {
+    let inner = service_factory(args);
+    if args.max_conns.is_none() && args.max_conns_per_peer.is_none() {
+        return inner;
+    }
+    SharedFactory::new(ConnectionLimits::new(
+        inner,
+        args.max_conns,
+        args.max_conns_per_peer,
+    ))
+}
+
+fn service_factory(args: &ServeArgs) -> SharedFactory {
+    let quote = &args.quote;
+    match args.service {
+        Service::FrameEcho => {
+            let framing = args.framing;
+            let options = FrameEchoOptions {
+                max_length: args.max_length,
+                idle_timeout: args.idle_timeout.map(Duration::from_secs_f64),
+            };
+            SharedFactory::new(move |_: &Address| frame_echo(framing, options.clone()))
+        }
         Service::Echo => SharedFactory::new(|_: &Address| Echo),
         Service::Discard => SharedFactory::new(|_: &Address| Discard),
         Service::Chargen => SharedFactory::new(|_: &Address| Chargen),
@@ -82,7 +128,13 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         }
     }
-    match serve(args.service, &args.quote, &endpoints) {
+    if let Some(secs) = args.idle_timeout {
+        if !(secs.is_finite() && secs > 0.0) {
+            eprintln!("torsion: --idle-timeout must be a positive number of seconds");
+            return ExitCode::from(2);
+        }
+    }
+    match serve(&args, &endpoints) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("torsion: {e}");
@@ -91,11 +143,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn serve(service: Service, quote: &str, endpoints: &[ServerEndpoint]) -> torsion::Result<()> {
+fn serve(args: &ServeArgs, endpoints: &[ServerEndpoint]) -> torsion::Result<()> {
+    let service = args.service;
     let reactor = Reactor::new()?;
     reactor.stop_on_signals()?;
     reactor.set_shutdown_timeout(DRAIN_TIMEOUT);
-    let factory = factory(service, quote);
+    let factory = factory(args);
     let mut ports = Vec::new();
     let mut datagram_ports = Vec::new();
     for ep in endpoints {

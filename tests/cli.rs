@@ -151,7 +151,9 @@ fn serve_echo_on_tcp_udp_and_tls_then_stop_on_sigterm() {
     let started = Instant::now();
     let mut rest = Vec::new();
     // The server closes our connection gracefully (FIN); a client closes in turn on EOF.
-    stream.read_to_end(&mut rest).expect("clean EOF from the server");
+    stream
+        .read_to_end(&mut rest)
+        .expect("clean EOF from the server");
     drop(stream);
     let code = loop {
         if let Some(code) = server.0.try_wait().expect("wait") {

@@ -137,6 +137,8 @@ struct State {
     producer: Option<bool>,
     pending: u8,
     scheduled: bool,
+    /// Writes accepted so far (to tell whether a pull producer wrote anything).
+    writes: u64,
     reason: Option<CloseReason>,
     close_timer: Option<DelayedCall>,
 }
@@ -189,6 +191,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 producer: None,
                 pending: 0,
                 scheduled: false,
+                writes: 0,
                 reason: None,
                 close_timer: None,
             }),
@@ -308,8 +311,13 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 READ_LOST => self.call_protocol(|p, t| p.read_connection_lost(t)),
                 WRITE_LOST => self.call_protocol(|p, t| p.write_connection_lost(t)),
                 PULL => {
+                    let before = self.st.borrow().writes;
                     self.call_producer(|p| p.resume_producing(), false);
-                    self.pull_again_if_drained();
+                    // A producer that wrote nothing is not asked again until it writes
+                    // (Twisted's rule): re-asking it would spin.
+                    if self.st.borrow().writes != before {
+                        self.pull_again_if_drained();
+                    }
                 }
                 LOST => self.deliver_lost(),
                 _ => unreachable!("unknown pending flag"),
@@ -650,6 +658,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             tracing::trace!(peer = %self.peer, len = data.len(), "write after close ignored");
             return;
         }
+        st.writes += 1;
         if st.wbuf.is_empty() {
             let result = match self.io.borrow_mut().as_mut() {
                 Some(io) => io.write(data),
@@ -688,6 +697,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         if st.phase != Phase::Open || st.write_closing {
             return;
         }
+        st.writes += 1;
         let written = if st.wbuf.is_empty() {
             let result = match self.io.borrow_mut().as_mut() {
                 Some(io) => io.write_vectored(bufs),

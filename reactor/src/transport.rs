@@ -54,7 +54,9 @@ pub struct PeerCredentials {
 ///   `pause_producing` when its write buffer rises above the high watermark and
 ///   `resume_producing` when it falls below the low watermark;
 /// - a **pull** producer (`streaming = false`) writes only when asked: the transport calls
-///   `resume_producing` once at registration and again each time its buffer has drained.
+///   `resume_producing` once at registration and again each time its buffer has drained
+///   after the producer wrote (a producer that wrote nothing is not asked again until it
+///   writes on its own, as in Twisted).
 ///
 /// `stop_producing` is called once when the connection closes. Producer callbacks take no
 /// transport argument: a producer keeps a [`TransportHandle`] to write through.

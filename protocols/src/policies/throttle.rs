@@ -1,0 +1,590 @@
+//! Bandwidth throttling: [`Throttled`] (per connection), [`BandwidthPool`] and
+//! [`ThrottlingFactory`] (per factory).
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::IoSlice;
+use std::rc::Rc;
+use std::time::Duration;
+
+use torsion_reactor::{
+    Address, CloseReason, DelayedCall, Factory, Producer, Protocol, SharedFactory, Transport,
+    TransportHandle,
+};
+
+use super::wrap::{build, forward_protocol_rest, pick, Hooked, Hooks};
+
+/// Bandwidth caps, in bytes per second; `None` means uncapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bandwidth {
+    /// Cap on bytes read from the peer.
+    pub read: Option<u64>,
+    /// Cap on bytes written to the peer.
+    pub write: Option<u64>,
+}
+
+impl Bandwidth {
+    /// No caps.
+    pub const UNLIMITED: Bandwidth = Bandwidth {
+        read: None,
+        write: None,
+    };
+
+    /// Caps reading at `bytes_per_sec`.
+    pub fn read(bytes_per_sec: u64) -> Self {
+        Bandwidth {
+            read: Some(bytes_per_sec),
+            write: None,
+        }
+    }
+
+    /// Caps writing at `bytes_per_sec`.
+    pub fn write(bytes_per_sec: u64) -> Self {
+        Bandwidth {
+            read: None,
+            write: Some(bytes_per_sec),
+        }
+    }
+
+    /// Caps both directions (each at `bytes_per_sec`).
+    pub fn both(bytes_per_sec: u64) -> Self {
+        Bandwidth {
+            read: Some(bytes_per_sec),
+            write: Some(bytes_per_sec),
+        }
+    }
+}
+
+struct BucketState {
+    rate: f64,
+    burst: f64,
+    tokens: Cell<f64>,
+    last: Cell<Option<Duration>>,
+}
+
+/// A token bucket: refills at a rate (bytes per second) up to a burst size, and may go into
+/// debt (bytes already read or written cannot be refused); while in debt, the connections
+/// using it wait. Cheap to clone; clones share the bucket.
+#[derive(Clone)]
+pub struct TokenBucket(Rc<BucketState>);
+
+impl TokenBucket {
+    /// A bucket of `bytes_per_sec` with a burst of one second's worth.
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Self::with_burst(bytes_per_sec, bytes_per_sec)
+    }
+
+    /// A bucket of `bytes_per_sec` holding at most `burst` bytes (it starts full).
+    pub fn with_burst(bytes_per_sec: u64, burst: u64) -> Self {
+        let burst = burst.max(1) as f64;
+        TokenBucket(Rc::new(BucketState {
+            rate: bytes_per_sec.max(1) as f64,
+            burst,
+            tokens: Cell::new(burst),
+            last: Cell::new(None),
+        }))
+    }
+
+    fn refill(&self, now: Duration) {
+        let s = &self.0;
+        if let Some(last) = s.last.get() {
+            let earned = now.saturating_sub(last).as_secs_f64() * s.rate;
+            s.tokens.set((s.tokens.get() + earned).min(s.burst));
+        }
+        s.last.set(Some(now));
+    }
+
+    /// Spends `n` bytes at time `now`.
+    fn take(&self, now: Duration, n: usize) {
+        self.refill(now);
+        self.0.tokens.set(self.0.tokens.get() - n as f64);
+    }
+
+    /// How long from `now` until the bucket is out of debt.
+    fn wait(&self, now: Duration) -> Duration {
+        self.refill(now);
+        let debt = -self.0.tokens.get();
+        if debt <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(debt / self.0.rate)
+        }
+    }
+}
+
+impl fmt::Debug for TokenBucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBucket")
+            .field("rate", &self.0.rate)
+            .field("tokens", &self.0.tokens.get())
+            .finish()
+    }
+}
+
+/// Caps shared by many connections (Twisted's `ThrottlingFactory` limits): every connection
+/// [`Throttled::sharing`] a pool draws from the same buckets, so together they stay within
+/// them. Cheap to clone; clones share the pool.
+#[derive(Clone, Debug)]
+pub struct BandwidthPool {
+    read: Option<TokenBucket>,
+    write: Option<TokenBucket>,
+}
+
+impl BandwidthPool {
+    /// A pool capped at `limits` (each with a one-second burst).
+    pub fn new(limits: Bandwidth) -> Self {
+        BandwidthPool {
+            read: limits.read.map(TokenBucket::new),
+            write: limits.write.map(TokenBucket::new),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Read,
+    Write,
+}
+
+/// The producer the inner protocol registered, shared between the transport (through
+/// [`ProducerProxy`]) and the throttle.
+#[derive(Default)]
+struct ProducerSlot {
+    producer: RefCell<Option<Box<dyn Producer>>>,
+    streaming: Cell<bool>,
+    /// The transport paused it (push producers).
+    transport_paused: Cell<bool>,
+    /// The throttle holds it back.
+    throttled: Cell<bool>,
+    /// A pull producer was asked for more while throttled.
+    pull_pending: Cell<bool>,
+}
+
+impl ProducerSlot {
+    fn call(&self, f: impl FnOnce(&mut dyn Producer)) {
+        // Busy means we are inside the producer's own call: it is told at its next call.
+        if let Ok(mut slot) = self.producer.try_borrow_mut() {
+            if let Some(p) = slot.as_mut() {
+                f(&mut **p);
+            }
+        }
+    }
+
+    fn throttle(self: &Rc<Self>, on: bool, transport: Option<&TransportHandle>) {
+        // (Busy: we are inside the producer's own call, so there is one.)
+        let absent = matches!(self.producer.try_borrow(), Ok(p) if p.is_none());
+        if self.throttled.replace(on) == on || absent {
+            return;
+        }
+        if self.streaming.get() {
+            if !self.transport_paused.get() {
+                if on {
+                    self.call(|p| p.pause_producing());
+                } else {
+                    self.call(|p| p.resume_producing());
+                }
+            }
+        } else if let Some(t) = transport {
+            // A pull producer that writes nothing when asked is asked again on the next turn;
+            // take it off the transport while throttled, and put it back (which asks it for
+            // a chunk) when the budget allows.
+            if on {
+                t.unregister_producer();
+            } else {
+                self.pull_pending.set(false);
+                t.register_producer(Box::new(ProducerProxy(self.clone())), false);
+            }
+        }
+    }
+
+    fn stop(&self) {
+        let producer = self
+            .producer
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut p| p.take());
+        if let Some(mut p) = producer {
+            p.stop_producing();
+        }
+    }
+}
+
+struct ProducerProxy(Rc<ProducerSlot>);
+
+impl Producer for ProducerProxy {
+    fn pause_producing(&mut self) {
+        let s = &self.0;
+        if !s.transport_paused.replace(true) && !s.throttled.get() {
+            s.call(|p| p.pause_producing());
+        }
+    }
+
+    fn resume_producing(&mut self) {
+        let s = &self.0;
+        if s.streaming.get() {
+            if s.transport_paused.replace(false) && !s.throttled.get() {
+                s.call(|p| p.resume_producing());
+            }
+        } else if s.throttled.get() {
+            s.pull_pending.set(true);
+        } else {
+            s.call(|p| p.resume_producing());
+        }
+    }
+
+    fn stop_producing(&mut self) {
+        let producer = self.0.producer.borrow_mut().take();
+        if let Some(mut p) = producer {
+            p.stop_producing();
+        }
+    }
+}
+
+struct ThrottleState {
+    transport: RefCell<Option<TransportHandle>>,
+    read: Vec<TokenBucket>,
+    write: Vec<TokenBucket>,
+    inner_paused: Cell<bool>,
+    read_throttled: Cell<bool>,
+    write_throttled: Cell<bool>,
+    reading_paused: Cell<bool>,
+    timers: RefCell<[Option<DelayedCall>; 2]>,
+    producer: Rc<ProducerSlot>,
+}
+
+impl ThrottleState {
+    /// Pauses or resumes the real transport's reading to match the wanted state.
+    fn apply_reading(&self) {
+        let want =
+            self.inner_paused.get() || self.read_throttled.get() || self.write_throttled.get();
+        if self.reading_paused.replace(want) == want {
+            return;
+        }
+        if let Some(t) = self.transport.borrow().as_ref() {
+            if want {
+                t.pause_reading();
+            } else {
+                t.resume_reading();
+            }
+        }
+    }
+
+    fn flag(&self, dir: Dir) -> &Cell<bool> {
+        match dir {
+            Dir::Read => &self.read_throttled,
+            Dir::Write => &self.write_throttled,
+        }
+    }
+
+    fn wait(&self, dir: Dir, now: Duration) -> Duration {
+        let buckets = match dir {
+            Dir::Read => &self.read,
+            Dir::Write => &self.write,
+        };
+        buckets
+            .iter()
+            .map(|b| b.wait(now))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Accounts `n` bytes moved in `dir`; throttles if a bucket went into debt.
+    fn spend(self: &Rc<Self>, t: &dyn Transport, dir: Dir, n: usize) {
+        let buckets = match dir {
+            Dir::Read => &self.read,
+            Dir::Write => &self.write,
+        };
+        if buckets.is_empty() || n == 0 {
+            return;
+        }
+        let reactor = t.reactor();
+        let now = reactor.now();
+        for b in buckets {
+            b.take(now, n);
+        }
+        if !self.flag(dir).get() {
+            let wait = self.wait(dir, now);
+            if !wait.is_zero() {
+                self.throttle(dir, true);
+                self.arm(&reactor, dir, wait);
+            }
+        }
+    }
+
+    fn throttle(&self, dir: Dir, on: bool) {
+        tracing::trace!(
+            direction = if dir == Dir::Read { "read" } else { "write" },
+            on,
+            "throttle"
+        );
+        self.flag(dir).set(on);
+        if dir == Dir::Write {
+            let transport = self.transport.borrow().clone();
+            self.producer.throttle(on, transport.as_ref());
+        }
+        self.apply_reading();
+    }
+
+    fn arm(self: &Rc<Self>, reactor: &torsion_reactor::Reactor, dir: Dir, wait: Duration) {
+        let weak = Rc::downgrade(self);
+        let call = reactor.call_later(wait, move |r| {
+            let Some(state) = weak.upgrade() else { return };
+            let wait = state.wait(dir, r.now());
+            if wait.is_zero() {
+                state.throttle(dir, false);
+            } else {
+                state.arm(r, dir, wait);
+            }
+        });
+        self.timers.borrow_mut()[dir as usize] = Some(call);
+    }
+
+    fn stop(&self) {
+        for call in self.timers.borrow_mut().iter_mut() {
+            if let Some(c) = call.take() {
+                c.cancel();
+            }
+        }
+        self.transport.borrow_mut().take();
+        self.producer.stop();
+    }
+}
+
+struct ThrottleHooks(Rc<ThrottleState>);
+
+impl Hooks for ThrottleHooks {
+    fn write(&self, inner: &dyn Transport, data: &[u8]) {
+        inner.write(data);
+        self.0.spend(inner, Dir::Write, data.len());
+    }
+
+    fn write_vectored(&self, inner: &dyn Transport, bufs: &[IoSlice<'_>]) {
+        inner.write_vectored(bufs);
+        let n = bufs.iter().map(|b| b.len()).sum();
+        self.0.spend(inner, Dir::Write, n);
+    }
+
+    fn pause_reading(&self, _inner: &dyn Transport) {
+        self.0.inner_paused.set(true);
+        self.0.apply_reading();
+    }
+
+    fn resume_reading(&self, _inner: &dyn Transport) {
+        self.0.inner_paused.set(false);
+        self.0.apply_reading();
+    }
+
+    fn register_producer(
+        &self,
+        inner: &dyn Transport,
+        producer: Box<dyn Producer>,
+        streaming: bool,
+    ) {
+        let slot = &self.0.producer;
+        // Replacing a producer: the transport stops the old proxy, which stops the old one.
+        let old = slot.producer.borrow_mut().replace(producer);
+        if let Some(mut old) = old {
+            old.stop_producing();
+        }
+        slot.streaming.set(streaming);
+        slot.transport_paused.set(false);
+        slot.pull_pending.set(false);
+        if slot.throttled.get() {
+            if streaming {
+                slot.call(|p| p.pause_producing());
+            } else {
+                // Handed to the transport when the budget allows (see `throttle`).
+                return;
+            }
+        }
+        inner.register_producer(Box::new(ProducerProxy(slot.clone())), streaming);
+    }
+
+    fn unregister_producer(&self, inner: &dyn Transport) {
+        let slot = &self.0.producer;
+        if let Ok(mut p) = slot.producer.try_borrow_mut() {
+            p.take();
+        }
+        inner.unregister_producer();
+    }
+}
+
+/// Caps a connection's read and write bandwidth (Twisted's `ThrottlingProtocol`).
+///
+/// - **Reads**: bytes read are counted against the read caps; when a cap is exceeded,
+///   reading pauses ([`Transport::pause_reading`]) until the budget has recovered, on a timer.
+///   The peer is slowed by TCP flow control, and nothing is buffered here.
+/// - **Writes**: bytes written are counted against the write caps; when a cap is exceeded,
+///   the registered [`Producer`] is paused (a pull producer is not asked for more) and
+///   reading pauses too (a request/response protocol writes because it reads), until the
+///   budget has recovered. Writes themselves are never delayed or dropped, so the cap holds
+///   for output driven by input or by a producer; a protocol that writes unprompted from
+///   timers is not slowed.
+///
+/// Caps are token buckets with a one-second burst. The inner protocol's own
+/// `pause_reading`/`resume_reading` calls are honoured alongside the throttle's.
+///
+/// ```
+/// use std::time::Duration;
+/// use torsion_protocols::policies::{Bandwidth, Throttled};
+/// use torsion_protocols::wire::Discard;
+/// use torsion_reactor::testing::{MemoryOptions, MemoryReactor, StringTransport};
+///
+/// let mr = MemoryReactor::new();
+/// let throttled = Throttled::new(Discard, Bandwidth::read(1000));
+/// let st = StringTransport::with_options(&mr, throttled, MemoryOptions::chunked(500));
+/// st.feed(&[0; 3000]);
+/// assert!(st.unread() > 0); // the first second's 1000 bytes (and one read) went through
+/// mr.advance(Duration::from_secs(3));
+/// assert_eq!(st.unread(), 0);
+/// ```
+pub struct Throttled<P> {
+    inner: P,
+    state: Rc<ThrottleState>,
+    hooked: Option<Rc<Hooked<ThrottleHooks>>>,
+}
+
+impl<P: Protocol> Throttled<P> {
+    /// Caps `protocol`'s connection at `limits`.
+    pub fn new(protocol: P, limits: Bandwidth) -> Self {
+        Self::build(protocol, limits, None)
+    }
+
+    /// Caps `protocol`'s connection at `limits`, and also draws from `pool`, shared with
+    /// other connections.
+    pub fn sharing(protocol: P, limits: Bandwidth, pool: &BandwidthPool) -> Self {
+        Self::build(protocol, limits, Some(pool))
+    }
+
+    fn build(protocol: P, limits: Bandwidth, pool: Option<&BandwidthPool>) -> Self {
+        let mut read: Vec<TokenBucket> = limits.read.map(TokenBucket::new).into_iter().collect();
+        let mut write: Vec<TokenBucket> = limits.write.map(TokenBucket::new).into_iter().collect();
+        if let Some(pool) = pool {
+            read.extend(pool.read.clone());
+            write.extend(pool.write.clone());
+        }
+        Throttled {
+            inner: protocol,
+            state: Rc::new(ThrottleState {
+                transport: RefCell::new(None),
+                read,
+                write,
+                inner_paused: Cell::new(false),
+                read_throttled: Cell::new(false),
+                write_throttled: Cell::new(false),
+                reading_paused: Cell::new(false),
+                timers: RefCell::new([None, None]),
+                producer: Rc::new(ProducerSlot::default()),
+            }),
+            hooked: None,
+        }
+    }
+
+    /// The wrapped protocol.
+    pub fn get_ref(&self) -> &P {
+        &self.inner
+    }
+}
+
+impl<P: Protocol> Protocol for Throttled<P> {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        let handle = transport.handle();
+        *self.state.transport.borrow_mut() = Some(handle.clone());
+        self.hooked = Some(Hooked::new(handle, ThrottleHooks(self.state.clone())));
+        let mut t = pick(&self.hooked, transport);
+        self.inner.connection_made(&mut t);
+    }
+
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        self.state.spend(transport, Dir::Read, data.len());
+        let mut t = pick(&self.hooked, transport);
+        self.inner.data_received(&mut t, data);
+    }
+
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.state.stop();
+        self.hooked = None;
+        self.inner.connection_lost(reason);
+    }
+
+    forward_protocol_rest!();
+}
+
+impl<P> fmt::Debug for Throttled<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttled")
+            .field("read_throttled", &self.state.read_throttled.get())
+            .field("write_throttled", &self.state.write_throttled.get())
+            .finish()
+    }
+}
+
+/// A factory wrapper that throttles every connection it builds: each one is capped at
+/// `per_connection`, and all of them together at `total` (Twisted's `ThrottlingFactory`).
+///
+/// ```
+/// use torsion_protocols::policies::{Bandwidth, ThrottlingFactory};
+/// use torsion_protocols::wire::Echo;
+/// use torsion_reactor::{Address, Factory};
+///
+/// let factory = ThrottlingFactory::new(
+///     |_: &Address| Echo,
+///     Bandwidth::both(64 * 1024),   // each connection
+///     Bandwidth::both(1024 * 1024), // all of them
+/// );
+/// fn assert_factory(_: impl Factory) {}
+/// assert_factory(factory);
+/// ```
+pub struct ThrottlingFactory {
+    inner: SharedFactory,
+    per_connection: Bandwidth,
+    pool: BandwidthPool,
+}
+
+impl ThrottlingFactory {
+    /// Wraps `factory` with the caps.
+    pub fn new(
+        factory: impl Into<SharedFactory>,
+        per_connection: Bandwidth,
+        total: Bandwidth,
+    ) -> Self {
+        ThrottlingFactory {
+            inner: factory.into(),
+            per_connection,
+            pool: BandwidthPool::new(total),
+        }
+    }
+
+    /// The pool shared by the factory's connections.
+    pub fn pool(&self) -> &BandwidthPool {
+        &self.pool
+    }
+}
+
+impl Factory for ThrottlingFactory {
+    fn build_protocol(&mut self, peer: &Address, local: &Address) -> Option<Box<dyn Protocol>> {
+        let protocol = build(&self.inner, peer, local)?;
+        Some(Box::new(Throttled::sharing(
+            protocol,
+            self.per_connection,
+            &self.pool,
+        )))
+    }
+
+    fn start_factory(&mut self) {
+        self.inner.port_started();
+    }
+
+    fn stop_factory(&mut self) {
+        self.inner.port_stopped();
+    }
+}
+
+impl fmt::Debug for ThrottlingFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThrottlingFactory")
+            .field("per_connection", &self.per_connection)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}

@@ -1,0 +1,411 @@
+//! Policies on the virtual clock: idle timeout, deadlines, connection limits, throttling and
+//! traffic logging.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use torsion_protocols::policies::{
+    Bandwidth, ConnectionLimits, Deadline, IdleTimeout, Throttled, ThrottlingFactory,
+    TrafficLogger, WrappingFactory,
+};
+use torsion_protocols::wire::{Chargen, Discard, Echo};
+use torsion_reactor::testing::{MemoryOptions, MemoryReactor, StringTransport};
+use torsion_reactor::{Address, CloseReason, Factory, Protocol, Transport, TransportHandle};
+
+/// Records the close reason it is given.
+struct Watch<P> {
+    inner: P,
+    lost: Rc<RefCell<Option<CloseReason>>>,
+}
+
+impl<P: Protocol> Protocol for Watch<P> {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        self.inner.connection_made(t)
+    }
+    fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+        self.inner.data_received(t, data)
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        *self.lost.borrow_mut() = Some(reason);
+    }
+}
+
+fn watch<P: Protocol>(inner: P) -> (Watch<P>, Rc<RefCell<Option<CloseReason>>>) {
+    let lost = Rc::default();
+    (
+        Watch {
+            inner,
+            lost: Rc::clone(&lost),
+        },
+        lost,
+    )
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+// --- Idle timeout ---
+
+#[test]
+fn idle_timeout_fires_after_silence_and_reports_timed_out() {
+    let mr = MemoryReactor::new();
+    let (w, lost) = watch(Echo);
+    let st = StringTransport::connect(&mr, IdleTimeout::new(w, secs(10.0)));
+    mr.advance(secs(9.999));
+    assert!(st.lost().is_none());
+    mr.advance(secs(0.001));
+    assert!(st.reset_received(), "aborted");
+    assert!(matches!(*lost.borrow(), Some(CloseReason::TimedOut)));
+}
+
+#[test]
+fn idle_timeout_reset_by_reads() {
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(&mr, IdleTimeout::new(Discard, secs(10.0)));
+    for _ in 0..100 {
+        mr.advance(secs(9.0));
+        st.feed(b"x");
+    }
+    assert!(st.lost().is_none(), "900 s of regular traffic");
+    mr.advance(secs(10.0));
+    assert!(st.lost().is_some());
+}
+
+/// Writes count as traffic too, also when made later through a stored handle.
+#[test]
+fn idle_timeout_reset_by_writes_through_handles() {
+    let handle_slot: Rc<RefCell<Option<TransportHandle>>> = Rc::default();
+    struct Keep(Rc<RefCell<Option<TransportHandle>>>);
+    impl Protocol for Keep {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            *self.0.borrow_mut() = Some(t.handle());
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(&mr, IdleTimeout::new(Keep(handle_slot.clone()), secs(5.0)));
+    let handle = handle_slot.borrow().clone().unwrap();
+    for _ in 0..10 {
+        mr.advance(secs(4.0));
+        handle.write(b"tick");
+    }
+    assert!(st.lost().is_none());
+    assert_eq!(st.take().len(), 40);
+    mr.advance(secs(5.0));
+    assert!(st.lost().is_some());
+}
+
+#[test]
+fn idle_timeout_cancelled_on_close() {
+    let mr = MemoryReactor::new();
+    let (w, lost) = watch(Echo);
+    let st = StringTransport::connect(&mr, IdleTimeout::new(w, secs(10.0)));
+    st.feed_eof();
+    assert!(matches!(*lost.borrow(), Some(CloseReason::Done)));
+    mr.advance(secs(60.0));
+    assert!(matches!(*lost.borrow(), Some(CloseReason::Done)));
+}
+
+// --- Deadline ---
+
+#[test]
+fn deadline_cancel_and_fire() {
+    struct P(Rc<RefCell<Option<Deadline>>>);
+    impl Protocol for P {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            *self.0.borrow_mut() = Some(Deadline::start(t, secs(3.0), "greeting"));
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let mr = MemoryReactor::new();
+    let slot = Rc::default();
+    let st = StringTransport::connect(&mr, P(Rc::clone(&slot)));
+    slot.borrow().as_ref().unwrap().cancel();
+    mr.advance(secs(10.0));
+    assert!(st.lost().is_none());
+    assert!(!slot.borrow().as_ref().unwrap().fired());
+
+    let slot = Rc::default();
+    let st = StringTransport::connect(&mr, P(Rc::clone(&slot)));
+    mr.advance(secs(3.0));
+    assert!(st.reset_received());
+    assert!(slot.borrow().as_ref().unwrap().fired());
+}
+
+// --- Connection limits ---
+
+fn inet(s: &str) -> Address {
+    s.parse::<SocketAddr>().unwrap().into()
+}
+
+#[test]
+fn connection_limits_total_and_per_peer() {
+    let local = inet("127.0.0.1:9000");
+    let mut limits = ConnectionLimits::new(|_: &Address| Echo, Some(3), Some(2));
+    let stats = limits.stats();
+    let a1 = limits.build_protocol(&inet("10.0.0.1:1000"), &local);
+    let a2 = limits.build_protocol(&inet("10.0.0.1:1001"), &local);
+    let a3 = limits.build_protocol(&inet("10.0.0.1:1002"), &local);
+    assert!(a1.is_some() && a2.is_some());
+    assert!(a3.is_none(), "per-peer limit (any port)");
+    assert_eq!(stats.from_peer("10.0.0.1".parse().unwrap()), 2);
+    let b1 = limits.build_protocol(&inet("[2001:db8::1]:5"), &local);
+    assert!(b1.is_some());
+    assert!(
+        limits.build_protocol(&inet("10.0.0.2:1"), &local).is_none(),
+        "total limit"
+    );
+    assert_eq!(stats.total(), 3);
+
+    // A real connection frees its slot when it closes.
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(&mr, a1.unwrap());
+    st.feed(b"hi");
+    assert_eq!(st.take(), b"hi");
+    assert_eq!(stats.total(), 3);
+    st.feed_eof();
+    assert_eq!(stats.total(), 2);
+    assert_eq!(stats.from_peer("10.0.0.1".parse().unwrap()), 1);
+    assert!(limits
+        .build_protocol(&inet("10.0.0.1:1003"), &local)
+        .is_some());
+}
+
+#[test]
+fn connection_limits_non_ip_peers_count_towards_total_only() {
+    let local = Address::Memory(0);
+    let mut limits = ConnectionLimits::new(|_: &Address| Echo, Some(2), Some(1));
+    let a = limits.build_protocol(&Address::Memory(1), &local);
+    let b = limits.build_protocol(&Address::Memory(1), &local);
+    assert!(a.is_some() && b.is_some());
+    assert!(limits.build_protocol(&Address::Memory(1), &local).is_none());
+}
+
+#[test]
+fn factory_hooks_pass_through_wrappers() {
+    struct Counting(Rc<Cell<i32>>);
+    impl Factory for Counting {
+        fn build_protocol(&mut self, _: &Address, _: &Address) -> Option<Box<dyn Protocol>> {
+            Some(Box::new(Echo))
+        }
+        fn start_factory(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+        fn stop_factory(&mut self) {
+            self.0.set(self.0.get() - 10);
+        }
+    }
+    let started = Rc::new(Cell::new(0));
+    let wrapped = WrappingFactory::new(Counting(started.clone()), |p, _| p);
+    let mut limits = ConnectionLimits::new(wrapped, None, None);
+    limits.start_factory();
+    assert_eq!(started.get(), 1);
+    limits.stop_factory();
+    assert_eq!(started.get(), -9);
+}
+
+// --- Throttling ---
+
+/// Bytes read per virtual second stay at the cap.
+#[test]
+fn throttle_reads_per_connection() {
+    let mr = MemoryReactor::new();
+    let st = StringTransport::with_options(
+        &mr,
+        Throttled::new(Discard, Bandwidth::read(1000)),
+        MemoryOptions::chunked(100),
+    );
+    st.feed(&[0; 10_000]);
+    let first = 10_000 - st.unread();
+    assert!(
+        (1000..=1200).contains(&first),
+        "burst of one second (+ one read): {first}"
+    );
+    let mut consumed = Vec::new();
+    for _ in 0..5 {
+        mr.advance(secs(1.0));
+        consumed.push(10_000 - st.unread());
+    }
+    for (i, c) in consumed.iter().enumerate() {
+        let expected = 1000 * (i + 2);
+        assert!(
+            c.abs_diff(expected) <= 200,
+            "after {} s: {c} read, expected about {expected}",
+            i + 1
+        );
+    }
+    mr.advance(secs(10.0));
+    assert_eq!(st.unread(), 0);
+}
+
+/// The inner protocol's own pause is honoured when the throttle lifts.
+#[test]
+fn throttle_respects_inner_pause() {
+    struct PauseOnce(bool);
+    impl Protocol for PauseOnce {
+        fn data_received(&mut self, t: &mut dyn Transport, _: &[u8]) {
+            if !self.0 {
+                self.0 = true;
+                t.pause_reading();
+            }
+        }
+    }
+    let mr = MemoryReactor::new();
+    let st = StringTransport::with_options(
+        &mr,
+        Throttled::new(PauseOnce(false), Bandwidth::read(100)),
+        MemoryOptions::chunked(200),
+    );
+    st.feed(&[0; 1000]);
+    assert_eq!(st.unread(), 800);
+    mr.advance(secs(30.0));
+    assert_eq!(st.unread(), 800, "still paused by the protocol");
+}
+
+/// Echo capped at 2000 B/s of output: reading pauses while the write budget is in debt.
+#[test]
+fn throttle_writes_of_a_request_response_protocol() {
+    let mr = MemoryReactor::new();
+    let st = StringTransport::with_options(
+        &mr,
+        Throttled::new(Echo, Bandwidth::write(2000)),
+        MemoryOptions::chunked(500),
+    );
+    st.feed(&[7; 20_000]);
+    let mut total = st.take().len();
+    assert!(total <= 2500, "first second: {total}");
+    for second in 1..=5 {
+        mr.advance(secs(1.0));
+        total += st.take().len();
+        let expected = 2000 * (second + 1);
+        assert!(
+            total.abs_diff(expected) <= 500,
+            "after {second} s: {total} echoed, expected about {expected}"
+        );
+    }
+}
+
+/// A pull producer (chargen) is asked for more only within the write budget.
+#[test]
+fn throttle_writes_of_a_producer() {
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(&mr, Throttled::new(Chargen, Bandwidth::write(50_000)));
+    let mut total = st.take().len();
+    // One chunk (~16 KiB) at a time until the one-second burst is spent.
+    assert!(total <= 50_000 + 16_500, "first burst: {total}");
+    for _ in 0..10 {
+        mr.advance(secs(1.0));
+        total += st.take().len();
+    }
+    let expected = 50_000 * 11;
+    assert!(
+        total.abs_diff(expected) <= 20_000,
+        "{total} bytes in 10 s at 50 kB/s (+ burst)"
+    );
+}
+
+/// Connections of one factory share its total read budget.
+#[test]
+fn throttling_factory_shares_the_pool() {
+    let mr = MemoryReactor::new();
+    let mut factory = ThrottlingFactory::new(
+        |_: &Address| Discard,
+        Bandwidth::UNLIMITED,
+        Bandwidth::read(1000),
+    );
+    let local = Address::Memory(0);
+    let conns: Vec<StringTransport> = (0..4)
+        .map(|i| {
+            let p = factory.build_protocol(&Address::Memory(i), &local).unwrap();
+            StringTransport::with_options(&mr, p, MemoryOptions::chunked(50))
+        })
+        .collect();
+    for st in &conns {
+        st.feed(&[0; 5000]);
+    }
+    mr.advance(secs(10.0));
+    let read: usize = conns.iter().map(|st| 5000 - st.unread()).sum();
+    // 1000 B/s for 10 s plus the first second's burst, plus one read per connection.
+    assert!(
+        read.abs_diff(11_000) <= 4 * 50 + 100,
+        "{read} bytes read by all connections together"
+    );
+}
+
+// --- Logging ---
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_logs(level: &str, f: impl FnOnce()) -> String {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(format!("torsion::traffic={level}"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = out.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn traffic_logger_hex_dump_at_trace() {
+    let logs = captured_logs("trace", || {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::connect(&mr, TrafficLogger::new(Echo));
+        st.feed(b"hello\x00");
+        st.take();
+        st.feed_eof();
+    });
+    assert!(logs.contains("direction=\"in\""), "{logs}");
+    assert!(logs.contains("direction=\"out\""), "{logs}");
+    assert!(
+        logs.contains("00000000  68 65 6c 6c 6f 00"),
+        "hex dump: {logs}"
+    );
+    assert!(logs.contains("|hello.|"), "{logs}");
+    assert!(logs.contains("connection lost"), "{logs}");
+}
+
+#[test]
+fn traffic_logger_sizes_only_at_debug() {
+    let logs = captured_logs("debug", || {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::connect(&mr, TrafficLogger::new(Echo));
+        st.feed(b"hello");
+    });
+    assert!(logs.contains("bytes=5"), "{logs}");
+    assert!(!logs.contains("68 65"), "{logs}");
+}
+
+#[test]
+fn policies_compose() {
+    let mr = MemoryReactor::new();
+    let (w, lost) = watch(Echo);
+    let protocol = IdleTimeout::new(
+        Throttled::new(TrafficLogger::new(w), Bandwidth::both(1_000_000)),
+        secs(5.0),
+    );
+    let st = StringTransport::connect(&mr, protocol);
+    st.feed(b"ping");
+    assert_eq!(st.take(), b"ping");
+    mr.advance(secs(5.0));
+    assert!(matches!(*lost.borrow(), Some(CloseReason::TimedOut)));
+}
