@@ -45,4 +45,4 @@ run "pingpong-unix-c64-tokio-st" "$UNIX" "$U" tokio-st --scenario pingpong --tra
 D="$NB peer tokio-st --udp --port {port}"
 run "udp-s64-tokio-st" "$UDP" "$D" tokio-st --scenario udp -s 64
 run "udp-s1200-tokio-st" "$UDP" "$D" tokio-st --scenario udp -s 1200
-run "idle-tcp-c10000-tokio-st" "$TCP" "$P" tokio-st --scenario idle -c 10000 --rounds 1
+ROUNDS=1 run "idle-tcp-c10000-tokio-st" "$TCP" "$P" tokio-st --scenario idle -c 10000
