@@ -54,7 +54,8 @@ pub struct ConnectionConfig {
     /// is aborted. Default 30 s.
     pub close_timeout: Duration,
     /// Reads per connection per reactor turn (each up to 64 KiB) before other connections get
-    /// their turn. Default 4.
+    /// their turn. Default 64 (up to 4 MiB): every turn costs a wait on the poller, and with
+    /// 4 reads per turn Unix-socket bulk echo measured 0.73x tokio-st, with 64 0.98x.
     pub max_reads_per_turn: usize,
 }
 
@@ -65,7 +66,7 @@ impl Default for ConnectionConfig {
             low_watermark: 16 * 1024,
             max_write_buffer: 16 * 1024 * 1024,
             close_timeout: Duration::from_secs(30),
-            max_reads_per_turn: 4,
+            max_reads_per_turn: 64,
         }
     }
 }
