@@ -15,7 +15,7 @@
 //! `pause_producing` aborts that one connection with
 //! [`CloseReason::WriteBufferOverflow`](crate::CloseReason::WriteBufferOverflow).
 //!
-//! Reads are bounded too: one connection gets at most 64 reads of up to 64 KiB per reactor turn, and
+//! Reads are bounded too: one connection gets at most 16 reads of up to 64 KiB (1 MiB) per reactor turn, and
 //! the read buffer is lent by the reactor for the duration of the callback (an idle connection
 //! holds no read buffer; about half a KiB per idle TCP connection in all).
 //!
