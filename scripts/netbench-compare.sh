@@ -25,7 +25,8 @@ run() { # label, a-cmd, b-cmd, b-name, netbench args...
     grep -E '^(RESULT|ROUND|SUMMARY|RATIO)|errors [1-9]'
 }
 
-TCP="$T serve echo --listen tcp:{port}:interface=127.0.0.1"
+# backlog=1024 as the peers listen with (tokio and mio use 1024); torsion defaults to 50.
+TCP="$T serve echo --listen tcp:{port}:interface=127.0.0.1:backlog=1024"
 UNIX="$T serve echo --listen unix:{path}"
 UDP="$T serve echo --listen udp:{port}:interface=127.0.0.1"
 for peer in tokio-st mio; do
