@@ -94,8 +94,8 @@ pub use protocol::{
     ClientFactory, Connector, ConnectorOps, Factory, IntoProtocol, Protocol, SharedFactory,
 };
 pub use reactor::{
-    Reactor, ReactorHandle, ShutdownHold, ShutdownPhase, WeakReactor, DEFAULT_SHUTDOWN_TIMEOUT,
-    READ_BUFFER_SIZE,
+    Reactor, ReactorHandle, ReadBuffer, ShutdownHold, ShutdownPhase, WeakReactor,
+    DEFAULT_SHUTDOWN_TIMEOUT, READ_BUFFER_SIZE,
 };
 pub use reason::CloseReason;
 pub use registration::{Registered, Source};

@@ -25,6 +25,39 @@ use crate::timer::{DelayedCall, TimerQueue};
 /// connection: an idle connection holds no read buffer).
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;
 
+/// The reactor's read buffer: [`READ_BUFFER_SIZE`] bytes starting on a page boundary.
+///
+/// The alignment is for the kernel: copying a socket's pages to and from a page-aligned user
+/// buffer runs at full speed, while an arbitrary heap address made `send` on Unix sockets cost
+/// about half again as much CPU per byte (measured with `perf` on the Unix bulk echo).
+pub struct ReadBuffer {
+    storage: Vec<u8>,
+    start: usize,
+}
+
+const PAGE: usize = 4096;
+
+impl ReadBuffer {
+    fn new() -> Self {
+        let storage = vec![0; READ_BUFFER_SIZE + PAGE];
+        let start = storage.as_ptr().align_offset(PAGE);
+        Self { storage, start }
+    }
+}
+
+impl std::ops::Deref for ReadBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + READ_BUFFER_SIZE]
+    }
+}
+
+impl std::ops::DerefMut for ReadBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + READ_BUFFER_SIZE]
+    }
+}
+
 /// Default time [`Reactor::stop`] waits for [`ShutdownHold`]s before stopping anyway.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -74,7 +107,7 @@ pub(crate) struct Inner {
     shutdown: RefCell<[Vec<Callback>; 3]>,
     holds: Rc<Cell<usize>>,
     shutdown_timeout: Cell<Duration>,
-    read_buf: Cell<Vec<u8>>,
+    read_buf: Cell<Option<ReadBuffer>>,
     events: Cell<Vec<BackendEvent>>,
     signals: RefCell<Vec<signal_hook::SigId>>,
 }
@@ -199,7 +232,7 @@ impl Reactor {
                 shutdown: RefCell::new([Vec::new(), Vec::new(), Vec::new()]),
                 holds: Rc::new(Cell::new(0)),
                 shutdown_timeout: Cell::new(DEFAULT_SHUTDOWN_TIMEOUT),
-                read_buf: Cell::new(Vec::new()),
+                read_buf: Cell::new(None),
                 events: Cell::new(Vec::with_capacity(1024)),
                 signals: RefCell::new(Vec::new()),
             }),
@@ -409,17 +442,13 @@ impl Reactor {
 
     /// Lends the reactor's shared read buffer ([`READ_BUFFER_SIZE`] bytes) to a transport for
     /// one read. Give it back with [`return_read_buffer`](Reactor::return_read_buffer).
-    pub fn take_read_buffer(&self) -> Vec<u8> {
-        let mut buf = self.inner.read_buf.take();
-        if buf.len() != READ_BUFFER_SIZE {
-            buf = vec![0; READ_BUFFER_SIZE];
-        }
-        buf
+    pub fn take_read_buffer(&self) -> ReadBuffer {
+        self.inner.read_buf.take().unwrap_or_else(ReadBuffer::new)
     }
 
     /// Returns the buffer lent by [`take_read_buffer`](Reactor::take_read_buffer).
-    pub fn return_read_buffer(&self, buf: Vec<u8>) {
-        self.inner.read_buf.set(buf);
+    pub fn return_read_buffer(&self, buf: ReadBuffer) {
+        self.inner.read_buf.set(Some(buf));
     }
 
     /// How many sources (connections, ports, the signal pipe) are registered: useful to check

@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, IoSlice, Write};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -34,6 +34,26 @@ thread_local! {
 
 fn key_of(t: &dyn Transport) -> usize {
     t as *const dyn Transport as *const () as usize
+}
+
+/// `io::Write` onto the stream transport, for rustls's `write_tls`: takes everything (the
+/// stream transport buffers what the socket does not take and applies its watermarks).
+struct RawWriter<'a>(&'a TransportHandle);
+
+impl Write for RawWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs);
+        Ok(bufs.iter().map(|b| b.len()).sum())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What a TLS connection negotiated, as seen by either end. Get it with [`session`].
@@ -100,8 +120,6 @@ struct St {
     conn: Connection,
     /// Plaintext written by the protocol, not yet encrypted.
     plain_out: Vec<u8>,
-    /// Scratch buffer for ciphertext on its way to the stream transport.
-    tls_out: Vec<u8>,
     handshake_done: bool,
     /// `lose_connection` was called.
     closing: bool,
@@ -140,36 +158,41 @@ impl Shared {
             st.plain_out.clear();
             return;
         }
-        let mut out = std::mem::take(&mut st.tls_out);
         if st.handshake_done && !st.close_sent && !st.plain_out.is_empty() {
-            let mut off = 0;
-            while off < st.plain_out.len() {
-                let n = st.conn.writer().write(&st.plain_out[off..]).unwrap_or(0);
-                off += n;
-                let mut drained = false;
-                while st.conn.wants_write() {
-                    if st.conn.write_tls(&mut out).is_err() {
-                        break;
-                    }
-                    drained = true;
-                }
-                if n == 0 && !drained {
-                    break; // cannot make progress (should not happen)
-                }
-            }
+            let plain = std::mem::take(&mut st.plain_out);
+            self.encrypt(&mut st.conn, &plain);
+            st.plain_out = plain;
             st.plain_out.clear();
         }
-        while st.conn.wants_write() {
-            if st.conn.write_tls(&mut out).is_err() {
-                break;
+        self.send_records(&mut st.conn);
+    }
+
+    /// Encrypts `plain` and sends the records, a buffer's worth at a time (rustls's buffer
+    /// is bounded by the configured limit).
+    fn encrypt(&self, conn: &mut Connection, plain: &[u8]) {
+        let mut off = 0;
+        while off < plain.len() {
+            let n = conn.writer().write(&plain[off..]).unwrap_or(0);
+            off += n;
+            if !self.send_records(conn) && n == 0 {
+                break; // cannot make progress (should not happen)
             }
         }
-        if !out.is_empty() {
+    }
+
+    /// Hands every pending TLS record to the stream transport, straight from rustls's
+    /// buffer (the stream transport copies only what the socket does not take). Returns
+    /// whether there was anything to send.
+    fn send_records(&self, conn: &mut Connection) -> bool {
+        let mut sent = false;
+        while conn.wants_write() {
             // The stream transport never calls back into protocols from `write`.
-            self.raw.write(&out);
-            out.clear();
+            if conn.write_tls(&mut RawWriter(&self.raw)).is_err() {
+                break;
+            }
+            sent = true;
         }
-        st.tls_out = out;
+        sent
     }
 
     fn schedule_flush(&self) {
@@ -232,6 +255,16 @@ impl Transport for Shared {
         }
         let mut st = self.st.borrow_mut();
         if st.closed || st.closing || st.write_closing {
+            return;
+        }
+        if st.handshake_done
+            && !st.close_sent
+            && st.plain_out.is_empty()
+            && data.len() >= FLUSH_THRESHOLD
+        {
+            // A whole record's worth or more: encrypt it straight from the caller's slice.
+            let st = &mut *st;
+            self.encrypt(&mut st.conn, data);
             return;
         }
         st.plain_out.extend_from_slice(data);
@@ -595,7 +628,6 @@ impl Protocol for TlsProtocol {
             st: RefCell::new(St {
                 conn,
                 plain_out: Vec::new(),
-                tls_out: Vec::new(),
                 handshake_done: false,
                 closing: false,
                 write_closing: false,
@@ -639,9 +671,15 @@ impl Protocol for TlsProtocol {
             }
             let mut rest = data;
             while !rest.is_empty() {
-                if let Err(e) = st.conn.read_tls(&mut rest) {
-                    failure = Some(TlsError::Rustls(rustls::Error::General(e.to_string())));
-                    break;
+                match st.conn.read_tls(&mut rest) {
+                    // After the peer's close_notify rustls takes nothing more: whatever
+                    // follows it is ignored (and must not spin this loop).
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        failure = Some(TlsError::Rustls(rustls::Error::General(e.to_string())));
+                        break;
+                    }
                 }
                 match st.conn.process_new_packets() {
                     Ok(state) => peer_closed |= state.peer_has_closed(),
@@ -650,10 +688,14 @@ impl Protocol for TlsProtocol {
                         break;
                     }
                 }
-                match st.conn.reader().read_to_end(&mut self.plain_in) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {}
+                let mut reader = st.conn.reader();
+                while let Ok(chunk) = reader.fill_buf() {
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let n = chunk.len();
+                    self.plain_in.extend_from_slice(chunk);
+                    reader.consume(n);
                 }
                 if !st.handshake_done && !st.conn.is_handshaking() {
                     st.handshake_done = true;
