@@ -1,8 +1,14 @@
 //! An echo client: connects, sends one line, prints what comes back, exits.
 //!
 //! ```text
-//! cargo run --example echo_client -- 127.0.0.1:8000 "hello, torsion"
+//! cargo run --example echo_client -- tcp:127.0.0.1:8000 "hello, torsion"
+//! cargo run --example echo_client -- unix:/tmp/torsion-echo.sock hello
+//! cargo run --example echo_client -- tls:localhost:8443:caCerts=ca.pem hello
 //! ```
+//!
+//! The address is a client endpoint string (`tcp:HOST:PORT[:timeout=S]`, `unix:PATH`,
+//! `tls:HOST:PORT[:caCerts=CA.pem]`, … — see `torsion::transports::ClientEndpoint`); a bare
+//! `HOST:PORT` still means `tcp:HOST:PORT`. Default `tcp:127.0.0.1:8000`.
 //!
 //! Exits 0 once the whole line came back, 1 if the connection failed or closed early.
 //! A [`ClientFactory`] hears about the failed attempt (`client_connection_failed`).
@@ -15,6 +21,8 @@ use std::rc::Rc;
 
 use torsion::prelude::*;
 use torsion::reactor::WeakReactor;
+use torsion::transports::EndpointError;
+use torsion::ClientEndpoint;
 
 /// Sends `line`, collects the echo, closes once all of it is back.
 struct LineClient {
@@ -85,23 +93,33 @@ impl ClientFactory for OneLine {
     }
 }
 
+/// Parses the address argument: a client endpoint string, or a bare `HOST:PORT` (as this
+/// example took before endpoint strings) meaning `tcp:HOST:PORT`.
+fn endpoint(target: &str) -> Result<ClientEndpoint, EndpointError> {
+    ClientEndpoint::parse(target)
+        .or_else(|e| ClientEndpoint::parse(&format!("tcp:{target}")).map_err(|_| e))
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let target = args.next().unwrap_or_else(|| "127.0.0.1:8000".to_owned());
+    let target = args
+        .next()
+        .unwrap_or_else(|| "tcp:127.0.0.1:8000".to_owned());
     let words: Vec<String> = args.collect();
     let line = if words.is_empty() {
         "hello, torsion".to_owned()
     } else {
         words.join(" ")
     };
-    let Some((host, port)) = target
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-    else {
-        eprintln!("usage: echo_client [HOST:PORT] [WORDS...]   (got {target:?})");
-        return ExitCode::from(2);
+    let endpoint = match endpoint(&target) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("echo_client: bad address {target:?}: {e}");
+            eprintln!("usage: echo_client [ENDPOINT | HOST:PORT] [WORDS...]");
+            return ExitCode::from(2);
+        }
     };
-    match run(&host, port, format!("{line}\n")) {
+    match run(&endpoint, format!("{line}\n")) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -111,7 +129,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(host: &str, port: u16, line: String) -> torsion::Result<bool> {
+fn run(endpoint: &ClientEndpoint, line: String) -> torsion::Result<bool> {
     let reactor = Reactor::new()?;
     reactor.stop_on_signals()?;
     let ok = Rc::new(Cell::new(false));
@@ -120,7 +138,7 @@ fn run(host: &str, port: u16, line: String) -> torsion::Result<bool> {
         ok: ok.clone(),
         reactor: reactor.downgrade(),
     };
-    let _connector = reactor.connect_tcp(host, port, factory);
+    let _connector = endpoint.connect(&reactor, factory)?;
     reactor.run()?;
     Ok(ok.get())
 }

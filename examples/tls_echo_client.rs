@@ -1,22 +1,31 @@
 //! A TLS echo client: sends a message, prints what comes back, closes.
 //!
 //! ```text
+//! cargo run --example tls_echo_client -- tls:localhost:8443:caCerts=ca.pem "hello over TLS"
+//! cargo run --example tls_echo_client -- \
+//!     tls:localhost:8443:caCerts=ca.pem:certificate=client.pem:privateKey=client-key.pem
 //! cargo run --example tls_echo_client -- localhost:8443 ca.pem "hello over TLS"
 //! ```
 //!
-//! The server's certificate is verified against `ca.pem` and the host name (as any TLS
-//! client should); connect with a name the certificate lists.
+//! The address is a TLS client endpoint string, `tls:HOST:PORT[:caCerts=CA.pem]
+//! [:certificate=CERT.pem:privateKey=KEY.pem]` or `tlsunix:PATH:host=NAME[:caCerts=…]` (see
+//! `torsion::transports::ClientEndpoint`); the older form `HOST:PORT CA.pem` still works.
+//! The server's certificate is verified against `ca.pem` (without `caCerts=`, the Mozilla
+//! roots) and the host name, as any TLS client should; connect with a name the certificate
+//! lists.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::cell::Cell;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 
 use torsion::prelude::*;
 use torsion::reactor::WeakReactor;
-use torsion::transports::tls::{self, ClientTlsConfig, TlsError, TlsReactorExt};
+use torsion::transports::tls::{self, TlsError};
+use torsion::transports::ClientTlsFiles;
+use torsion::ClientEndpoint;
 
 struct Client {
     message: Vec<u8>,
@@ -85,25 +94,72 @@ impl ClientFactory for Factory {
     }
 }
 
+const USAGE: &str = "usage: tls_echo_client tls:HOST:PORT[:caCerts=CA.pem] [MESSAGE...]\n       \
+                     tls_echo_client HOST:PORT CA.pem [MESSAGE...]";
+
+/// The endpoint and the message words: `ENDPOINT [MESSAGE...]`, or the older
+/// `HOST:PORT CA.pem [MESSAGE...]`.
+fn parse_args(args: &[String]) -> Result<(ClientEndpoint, &[String]), String> {
+    let Some((target, rest)) = args.split_first() else {
+        return Err("missing the server address".to_owned());
+    };
+    match ClientEndpoint::parse(target) {
+        Ok(endpoint) if endpoint.is_tls() => Ok((endpoint, rest)),
+        Ok(endpoint) => Err(format!(
+            "{endpoint} is not a TLS endpoint (tls: or tlsunix:)"
+        )),
+        Err(e) => match (
+            ClientEndpoint::parse(&format!("tls:{target}")),
+            rest.split_first(),
+        ) {
+            // The older form: HOST:PORT, then the CA file.
+            (
+                Ok(ClientEndpoint::Tls {
+                    host,
+                    port,
+                    timeout,
+                    bind,
+                    ..
+                }),
+                Some((ca, message)),
+            ) => {
+                let files = ClientTlsFiles {
+                    ca_certs: Some(PathBuf::from(ca)),
+                    certificate: None,
+                };
+                let endpoint = ClientEndpoint::Tls {
+                    host,
+                    port,
+                    timeout,
+                    bind,
+                    files,
+                };
+                Ok((endpoint, message))
+            }
+            _ => Err(format!("bad address {target:?}: {e}")),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [target, ca, message @ ..] = args.as_slice() else {
-        eprintln!("usage: tls_echo_client HOST:PORT CA.pem [MESSAGE]");
-        return ExitCode::from(2);
-    };
-    let Some((host, port)) = target
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h, p.parse().ok()?)))
-    else {
-        eprintln!("tls_echo_client: expected HOST:PORT, got {target:?}");
-        return ExitCode::from(2);
+    if matches!(args.first().map(String::as_str), Some("-h" | "--help")) {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let (endpoint, message) = match parse_args(&args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("tls_echo_client: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
     };
     let message = if message.is_empty() {
         "hello over TLS".to_string()
     } else {
         message.join(" ")
     };
-    match run(host, port, Path::new(ca), message.into_bytes()) {
+    match run(&endpoint, message.into_bytes()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -113,20 +169,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(host: &str, port: u16, ca: &Path, message: Vec<u8>) -> torsion::Result<bool> {
-    let config = ClientTlsConfig::with_ca_file(ca)?;
+fn run(endpoint: &ClientEndpoint, message: Vec<u8>) -> torsion::Result<bool> {
     let reactor = Reactor::new()?;
     let ok = Rc::new(Cell::new(false));
-    reactor.connect_tls(
-        host,
-        port,
-        &config,
+    endpoint.connect(
+        &reactor,
         Factory {
             message,
             ok: ok.clone(),
             reactor: reactor.downgrade(),
         },
-    );
+    )?;
     reactor.run()?;
     Ok(ok.get())
 }

@@ -58,7 +58,7 @@ pub use torsion_reactor::{
     Producer, Protocol, Reactor, ReactorHandle, Result, SharedFactory, Transport, TransportHandle,
 };
 pub use torsion_transports as transports;
-pub use torsion_transports::{ListeningPort, ReactorExt, ServerEndpoint};
+pub use torsion_transports::{ClientEndpoint, ListeningPort, ReactorExt, ServerEndpoint};
 
 /// The names most programs need: `use torsion::prelude::*;`.
 pub mod prelude {

@@ -1,4 +1,8 @@
-//! Server endpoint descriptions in Twisted's syntax: `tcp:8000:interface=127.0.0.1`.
+//! Endpoint descriptions in Twisted's syntax: a server as `tcp:8000:interface=127.0.0.1`
+//! ([`ServerEndpoint`], Twisted's `serverFromString`), a client as `tcp:example.com:80`
+//! ([`ClientEndpoint`], Twisted's `clientFromString`).
+//!
+//! # Server endpoints
 //!
 //! | type | form | keys |
 //! |---|---|---|
@@ -6,7 +10,7 @@
 //! | `tcp6` | `tcp6:PORT` | `interface=ADDR` (default `::`), `backlog=N` |
 //! | `unix` | `unix:PATH` | `mode=OCTAL` (for example `660`), `backlog=N`; a path starting with `@` is a Linux abstract name |
 //! | `tls` (or `ssl`) | `tls:PORT:certKey=CERT.pem:privateKey=KEY.pem` | as `tcp`/`tcp6` (an IPv6 `interface` selects IPv6), plus `caCerts=CA.pem` to require client certificates from that CA |
-//! | `tlsunix` | `tlsunix:PATH:certKey=CERT.pem:privateKey=KEY.pem` | TLS over a Unix socket; as `unix`, plus `caCerts` |
+//! | `tlsunix` | `tlsunix:PATH:certKey=CERT.pem:privateKey=KEY.pem` | TLS over a Unix socket path (not an abstract name); as `unix`, plus `caCerts` |
 //! | `udp` | `udp:PORT` | `interface=ADDR` (default `0.0.0.0`) — a datagram endpoint |
 //! | `udp6` | `udp6:PORT` | `interface=ADDR` (default `::`) — a datagram endpoint |
 //! | `unixgram` | `unixgram:PATH` | a Unix datagram socket — a datagram endpoint |
@@ -14,18 +18,47 @@
 //! Stream endpoints are opened with [`ServerEndpoint::listen`] and a factory; datagram
 //! endpoints with [`ServerEndpoint::listen_datagram`] and one protocol.
 //!
-//! Positional values may also be given by name (`tcp:port=8000`, `unix:address=/run/s.sock`).
-//! Colons inside a value are escaped with a backslash as in Twisted (`interface=\:\:1`), or an
-//! IPv6 address is written in brackets (`interface=[::1]`).
+//! # Client endpoints
+//!
+//! | type | form | keys |
+//! |---|---|---|
+//! | `tcp` | `tcp:HOST:PORT` | `timeout=SECONDS` (default 30, fractions allowed), `bindAddress=ADDR` (a local IP to connect from, or `IP\:PORT`) |
+//! | `unix` | `unix:PATH` | `timeout=SECONDS`; a path starting with `@` is a Linux abstract name |
+//! | `tls` (or `ssl`) | `tls:HOST:PORT` | as `tcp`, plus `caCerts=CA.pem` (default: the Mozilla roots of `webpki-roots`) and `certificate=CERT.pem:privateKey=KEY.pem` (a client certificate, for servers that require one; both or neither) |
+//! | `tlsunix` | `tlsunix:PATH:host=NAME` | TLS over a Unix socket path (not an abstract name), the server's certificate verified against `NAME`; `caCerts`, `certificate` + `privateKey` as `tls` |
+//!
+//! A client endpoint is opened with [`ClientEndpoint::connect`] and a client factory. HOST is
+//! a DNS name, an IPv4 address, or an IPv6 address in brackets (`tcp:[::1]:8000`) or with
+//! escaped colons (`tcp:\:\:1:8000`); there is no `tcp6` for clients. A TLS client verifies
+//! the server's certificate against HOST (also the SNI name), always: a server with a private
+//! CA needs `caCerts=`. The PEM files are read by `connect`, so an unreadable file is an error
+//! returned there, naming the option and the file.
+//!
+//! # Syntax
+//!
+//! Positional values may also be given by name (`tcp:port=8000`, `unix:address=/run/s.sock`;
+//! for clients `tcp:host=example.com:port=80`, `unix:path=/run/s.sock`). Colons inside a value
+//! are escaped with a backslash as in Twisted (`interface=\:\:1`, `unix:/tmp/a\:b`), or an
+//! IPv6 address is written in brackets (`interface=[::1]`). A backslash escapes any character,
+//! itself included. Displaying an endpoint gives a description that parses back to it.
 //!
 //! ```
-//! use torsion_transports::ServerEndpoint;
+//! use torsion_transports::{ClientEndpoint, ServerEndpoint};
 //!
 //! let ep: ServerEndpoint = "tcp:8000:interface=127.0.0.1".parse()?;
 //! assert_eq!(ep.to_string(), "tcp:8000:interface=127.0.0.1");
 //! let ep: ServerEndpoint = r"tcp6:8000:interface=\:\:1".parse()?;
 //! assert_eq!(ep.to_string(), "tcp6:8000:interface=[::1]");
 //! assert!("tcp:http".parse::<ServerEndpoint>().is_err());
+//!
+//! let ep: ClientEndpoint = "tls:example.com:443:caCerts=/etc/app/ca.pem".parse()?;
+//! assert_eq!(ep.to_string(), "tls:example.com:443:caCerts=/etc/app/ca.pem");
+//! let ep = ClientEndpoint::parse(r"tcp:\:\:1:8000:timeout=2.5")?;
+//! assert_eq!(ep.to_string(), "tcp:[::1]:8000:timeout=2.5");
+//! let ep = ClientEndpoint::parse("unix:@torsion-echo")?;
+//! assert_eq!(ep.to_string(), "unix:@torsion-echo");
+//! let error = ClientEndpoint::parse("tls:example.com:443:certificate=me.pem").unwrap_err();
+//! assert!(error.to_string().contains("privateKey="));
 //! # Ok::<(), torsion_transports::EndpointError>(())
 //! ```
 
@@ -33,14 +66,19 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
-use torsion_reactor::{Address, DatagramProtocol, Error, Reactor, Result, SharedFactory};
+use torsion_reactor::{
+    Address, ClientFactory, Connector, DatagramProtocol, Error, Reactor, Result, SharedFactory,
+};
 
+use crate::connector::{ConnectOptions, UnixTarget};
 use crate::datagram::DatagramPort;
-use crate::tls::{ServerTlsConfig, TlsReactorExt};
-
 use crate::listener::ListeningPort;
 use crate::tcp::{TcpListenOptions, DEFAULT_BACKLOG};
+use crate::tls::{
+    load_certificates, load_private_key, ClientTlsConfig, ServerTlsConfig, TlsReactorExt,
+};
 use crate::unix::UnixListenOptions;
 use crate::ReactorExt;
 
@@ -56,11 +94,18 @@ impl fmt::Display for EndpointError {
 
 impl std::error::Error for EndpointError {}
 
+impl From<EndpointError> for Error {
+    /// A rejected description is an [`Error::InvalidAddress`] carrying the same message.
+    fn from(e: EndpointError) -> Self {
+        Error::InvalidAddress(e.0)
+    }
+}
+
 fn err<T>(msg: impl Into<String>) -> std::result::Result<T, EndpointError> {
     Err(EndpointError(msg.into()))
 }
 
-/// The PEM files of a TLS endpoint.
+/// The PEM files of a TLS server endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The certificate chain (`certKey=`).
@@ -137,6 +182,67 @@ fn split(desc: &str) -> Vec<String> {
     parts
 }
 
+/// The inverse of [`split`] for one value: escapes what it would interpret.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | ':' | '[' | ']') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A path written as a value (see [`escape`]).
+fn escape_path(path: &Path) -> String {
+    escape(&path.to_string_lossy())
+}
+
+/// A path written as the positional value of its type; a path containing `=` would read as an
+/// option, so it is given by `name=` instead.
+fn positional_path(name: &str, path: &Path) -> String {
+    let value = escape_path(path);
+    if value.contains('=') {
+        format!("{name}={value}")
+    } else {
+        value
+    }
+}
+
+/// A description split into its type, its positional values and its `key=value` options.
+struct Description {
+    kind: String,
+    positional: Vec<String>,
+    keys: Vec<(String, String)>,
+}
+
+impl Description {
+    fn parse(desc: &str) -> Self {
+        let mut parts = split(desc).into_iter();
+        let kind = parts.next().unwrap_or_default();
+        let mut positional = Vec::new();
+        let mut keys = Vec::new();
+        for p in parts {
+            match p.split_once('=') {
+                Some((k, v)) => keys.push((k.to_owned(), v.to_owned())),
+                None => positional.push(p),
+            }
+        }
+        Description {
+            kind,
+            positional,
+            keys,
+        }
+    }
+}
+
+fn parse_port(value: &str) -> std::result::Result<u16, EndpointError> {
+    value
+        .parse()
+        .or_else(|_| err(format!("port '{value}' is not a number from 0 to 65535")))
+}
+
 fn parse_ip(value: &str, v6: bool) -> std::result::Result<IpAddr, EndpointError> {
     let bare = value.trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = bare
@@ -160,20 +266,27 @@ fn parse_backlog(value: &str) -> std::result::Result<i32, EndpointError> {
     }
 }
 
+/// TLS over a Unix socket runs on a path: the TLS entry points have no abstract-name variant.
+fn check_tls_unix_path(kind: &str, path: &str) -> std::result::Result<(), EndpointError> {
+    if path.starts_with('@') {
+        return err(format!(
+            "{kind} cannot use the abstract name '{path}': TLS over Unix sockets needs a \
+             socket path (write a file whose name starts with @ as ./@NAME)"
+        ));
+    }
+    Ok(())
+}
+
 impl FromStr for ServerEndpoint {
     type Err = EndpointError;
 
     fn from_str(desc: &str) -> std::result::Result<Self, EndpointError> {
-        let parts = split(desc);
-        let kind = parts[0].as_str();
-        let mut positional = Vec::new();
-        let mut keys = Vec::new();
-        for p in &parts[1..] {
-            match p.split_once('=') {
-                Some((k, v)) => keys.push((k.to_owned(), v.to_owned())),
-                None => positional.push(p.clone()),
-            }
-        }
+        let Description {
+            kind,
+            positional,
+            keys,
+        } = Description::parse(desc);
+        let kind = kind.as_str();
         match kind {
             "tls" | "ssl" | "tlsunix" => {
                 let mut files = TlsFiles::default();
@@ -195,6 +308,10 @@ impl FromStr for ServerEndpoint {
                     return err(format!("{kind} endpoint needs privateKey=KEY.pem"));
                 }
                 let inner_kind = if kind == "tlsunix" {
+                    let path = positional
+                        .first()
+                        .or_else(|| rest.iter().find_map(|(k, v)| (k == "address").then_some(v)));
+                    check_tls_unix_path(kind, path.map_or("", |p| p.as_str()))?;
                     "unix"
                 } else if rest.iter().any(|(k, v)| {
                     k == "interface"
@@ -262,9 +379,7 @@ fn parse_parts(
                 let Some(port) = port else {
                     return err(format!("{kind} endpoint needs a port, as in {kind}:8000"));
                 };
-                let port: u16 = port
-                    .parse()
-                    .or_else(|_| err(format!("port '{port}' is not a number from 0 to 65535")))?;
+                let port = parse_port(&port)?;
                 let addr = SocketAddr::new(ip, port);
                 Ok(if datagram {
                     ServerEndpoint::Udp { addr }
@@ -321,7 +436,7 @@ fn parse_parts(
             }
             "" => err("empty endpoint description; try tcp:8000"),
             other => err(format!(
-                "unknown endpoint type '{other}' (known: tcp, tcp6, unix, udp, udp6, unixgram)"
+                "unknown endpoint type '{other}' (known: tcp, tcp6, unix, tls, tlsunix, udp, udp6, unixgram)"
             )),
         }
     }
@@ -345,15 +460,14 @@ impl fmt::Display for ServerEndpoint {
                 let inner = inner.to_string();
                 let (kind, rest) = inner.split_once(':').unwrap_or((&inner, ""));
                 let kind = if kind == "unix" { "tlsunix" } else { "tls" };
-                let esc = |p: &Path| p.display().to_string().replace(':', "\\:");
                 write!(
                     f,
                     "{kind}:{rest}:certKey={}:privateKey={}",
-                    esc(&files.cert),
-                    esc(&files.key)
+                    escape_path(&files.cert),
+                    escape_path(&files.key)
                 )?;
                 if let Some(ca) = &files.client_ca {
-                    write!(f, ":caCerts={}", esc(ca))?;
+                    write!(f, ":caCerts={}", escape_path(ca))?;
                 }
                 Ok(())
             }
@@ -364,17 +478,15 @@ impl fmt::Display for ServerEndpoint {
                     IpAddr::V6(ip) => write!(f, "{kind}:{}:interface=[{ip}]", addr.port()),
                 }
             }
-            ServerEndpoint::UnixDatagram { path } => write!(
-                f,
-                "unixgram:{}",
-                path.display().to_string().replace(':', "\\:")
-            ),
+            ServerEndpoint::UnixDatagram { path } => {
+                write!(f, "unixgram:{}", positional_path("address", path))
+            }
             ServerEndpoint::Unix {
                 path,
                 mode,
                 backlog,
             } => {
-                write!(f, "unix:{}", path.display().to_string().replace(':', "\\:"))?;
+                write!(f, "unix:{}", positional_path("address", path))?;
                 if let Some(mode) = mode {
                     write!(f, ":mode={mode:o}")?;
                 }
@@ -500,6 +612,621 @@ impl ServerEndpoint {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Client endpoints.
+
+/// The PEM files of a TLS client endpoint, read by [`ClientEndpoint::connect`] (or
+/// [`load`](ClientTlsFiles::load)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// The CA certificates the server's chain must lead to (`caCerts=`). `None` trusts the
+    /// Mozilla roots bundled in `webpki-roots`, as a browser would.
+    pub ca_certs: Option<PathBuf>,
+    /// A client certificate chain and its private key (`certificate=` and `privateKey=`),
+    /// presented to servers that ask for one (mutual TLS).
+    pub certificate: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientTlsFiles {
+    /// Reads the files and builds the client configuration. An error names the option and the
+    /// file that could not be used, and what went wrong with it.
+    pub fn load(&self) -> Result<ClientTlsConfig> {
+        let mut builder = ClientTlsConfig::builder();
+        if let Some(ca) = &self.ca_certs {
+            builder = builder.ca_file(ca).map_err(|e| in_option("caCerts=", e))?;
+        }
+        if let Some((cert, key)) = &self.certificate {
+            let chain = load_certificates(cert).map_err(|e| in_option("certificate=", e))?;
+            let key = load_private_key(key).map_err(|e| in_option("privateKey=", e))?;
+            builder = builder.client_certificate(chain, key);
+        }
+        builder.build().map_err(|e| match &self.certificate {
+            Some((cert, key)) => in_option(
+                &format!(
+                    "certificate={} with privateKey={}",
+                    cert.display(),
+                    key.display()
+                ),
+                e,
+            ),
+            None => e,
+        })
+    }
+}
+
+/// Prefixes an error's context with the endpoint option it came from.
+fn in_option(option: &str, e: Error) -> Error {
+    match e {
+        Error::Io { context, source } => Error::Io {
+            context: format!("TLS client endpoint {option}: {context}"),
+            source,
+        },
+        Error::InvalidAddress(msg) => {
+            Error::InvalidAddress(format!("TLS client endpoint {option}: {msg}"))
+        }
+        other => other,
+    }
+}
+
+/// A parsed client endpoint description (Twisted's `clientFromString`);
+/// [`connect`](ClientEndpoint::connect) opens it.
+///
+/// - `tcp:HOST:PORT[:timeout=SECONDS][:bindAddress=ADDR]`
+/// - `unix:PATH[:timeout=SECONDS]` (`@NAME`: a Linux abstract name)
+/// - `tls:HOST:PORT[:caCerts=CA.pem][:certificate=CERT.pem:privateKey=KEY.pem][:timeout=..][:bindAddress=..]`
+///   (also `ssl:`; without `caCerts`, the Mozilla roots of `webpki-roots`)
+/// - `tlsunix:PATH:host=NAME[:caCerts=CA.pem][:certificate=CERT.pem:privateKey=KEY.pem]`
+///
+/// HOST is a name, an IPv4 address, or an IPv6 address in brackets (`[::1]`) or with escaped
+/// colons (`\:\:1`); positional values may be given by name (`host=`, `port=`, `path=`); a
+/// backslash escapes a colon in a value (`unix:/tmp/a\:b`). The default timeout is
+/// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT) (30 s). Displaying an endpoint
+/// gives a description that parses back to it.
+///
+/// ```
+/// use std::time::Duration;
+/// use torsion_transports::ClientEndpoint;
+///
+/// let ep = ClientEndpoint::parse("tcp:localhost:8000:timeout=5")?;
+/// assert_eq!(
+///     ep,
+///     ClientEndpoint::Tcp {
+///         host: "localhost".into(),
+///         port: 8000,
+///         timeout: Some(Duration::from_secs(5)),
+///         bind: None,
+///     }
+/// );
+/// assert_eq!(ep.to_string().parse::<ClientEndpoint>()?, ep);
+/// # Ok::<(), torsion_transports::EndpointError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEndpoint {
+    /// TCP to a host and port (`tcp:HOST:PORT`).
+    Tcp {
+        /// A DNS name (resolved when connecting, off the reactor thread) or an IP address
+        /// (IPv6 without brackets).
+        host: String,
+        /// The server's port.
+        port: u16,
+        /// The connect timeout (`timeout=`); `None` is
+        /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT).
+        timeout: Option<Duration>,
+        /// The local address to connect from (`bindAddress=`; port 0 picks one).
+        bind: Option<SocketAddr>,
+    },
+    /// A Unix socket (`unix:PATH`).
+    Unix {
+        /// The socket path, or a Linux abstract name when it starts with `@`.
+        path: PathBuf,
+        /// The connect timeout (`timeout=`); `None` is the default.
+        timeout: Option<Duration>,
+    },
+    /// TLS over TCP (`tls:HOST:PORT`, also spelled `ssl:`); the server's certificate is
+    /// verified against `host`, which is also sent with SNI.
+    Tls {
+        /// As [`ClientEndpoint::Tcp`]'s, and the name the server is verified against.
+        host: String,
+        /// The server's port.
+        port: u16,
+        /// The connect timeout (`timeout=`); the TLS handshake then has its own deadline,
+        /// [`DEFAULT_HANDSHAKE_TIMEOUT`](crate::tls::DEFAULT_HANDSHAKE_TIMEOUT).
+        timeout: Option<Duration>,
+        /// The local address to connect from (`bindAddress=`).
+        bind: Option<SocketAddr>,
+        /// The trusted CA and the optional client certificate.
+        files: ClientTlsFiles,
+    },
+    /// TLS over a Unix socket path (`tlsunix:PATH:host=NAME`).
+    TlsUnix {
+        /// The socket path (abstract names are not supported for TLS).
+        path: PathBuf,
+        /// The name the server's certificate is verified against (`host=`).
+        server_name: String,
+        /// The trusted CA and the optional client certificate.
+        files: ClientTlsFiles,
+    },
+}
+
+impl Description {
+    /// Names the positional values after `names` (in order) and checks that every option is
+    /// one of `known`, has a value and is given once (by position or by name).
+    fn fields(
+        self,
+        names: &[&str],
+        known: &[&str],
+        positional_hint: &str,
+    ) -> std::result::Result<Fields, EndpointError> {
+        let kind = self.kind;
+        if let Some(extra) = self.positional.get(names.len()) {
+            return err(format!(
+                "unexpected '{extra}' in {kind} endpoint ({positional_hint})"
+            ));
+        }
+        let mut values: Vec<(String, String)> = names
+            .iter()
+            .map(|n| n.to_string())
+            .zip(self.positional)
+            .collect();
+        for (k, v) in self.keys {
+            if !known.contains(&k.as_str()) {
+                return err(format!(
+                    "unknown option '{k}' for {kind} (known: {}){}",
+                    known.join(", "),
+                    client_option_hint(&kind, &k)
+                ));
+            }
+            if v.is_empty() {
+                return err(format!("option {k}= has no value in {kind} endpoint"));
+            }
+            if values.iter().any(|(n, _)| *n == k) {
+                return err(format!("{k} is given twice in {kind} endpoint"));
+            }
+            values.push((k, v));
+        }
+        Ok(Fields { values })
+    }
+}
+
+/// The values of a description by name (see [`Description::fields`]).
+struct Fields {
+    values: Vec<(String, String)>,
+}
+
+impl Fields {
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.values.iter().position(|(n, _)| n == name)?;
+        Some(self.values.remove(i).1)
+    }
+}
+
+const HOST_HINT: &str =
+    "an IPv6 host is written in brackets or with escaped colons, as in tcp:[::1]:8000";
+const PATH_HINT: &str = r"escape colons in paths as \:";
+
+/// A hint for an option that belongs elsewhere (the server's spelling, or TLS on `tcp:`).
+fn client_option_hint(kind: &str, key: &str) -> &'static str {
+    match key {
+        "certKey" => "; a client presents its certificate with certificate= and privateKey=",
+        "interface" => "; a client chooses its local address with bindAddress=",
+        "backlog" | "mode" => "; that is a server option",
+        "caCerts" | "certificate" | "privateKey" if kind == "tcp" => "; TLS options need tls:",
+        "caCerts" | "certificate" | "privateKey" if kind == "unix" => "; TLS options need tlsunix:",
+        "timeout" | "bindAddress" if kind == "tlsunix" => {
+            "; tlsunix connects with the default timeout"
+        }
+        _ => "",
+    }
+}
+
+fn parse_host(kind: &str, value: &str) -> std::result::Result<String, EndpointError> {
+    if value.is_empty() {
+        return err(format!(
+            "{kind} endpoint needs a host and a port, as in {kind}:localhost:8000"
+        ));
+    }
+    if let Some(inner) = value.strip_prefix('[') {
+        return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+            Some(Ok(ip)) => Ok(ip.to_string()),
+            _ => err(format!(
+                "host '{value}' is not an IPv6 address in brackets, as in {kind}:[::1]:8000"
+            )),
+        };
+    }
+    if value.contains(':') {
+        return match value.parse::<Ipv6Addr>() {
+            Ok(ip) => Ok(ip.to_string()),
+            Err(_) => err(format!("host '{value}' is not an IPv6 address")),
+        };
+    }
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '[' | ']'))
+    {
+        return err(format!(
+            "host '{value}' is not a host name or an IP address"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_client_port(value: &str) -> std::result::Result<u16, EndpointError> {
+    match parse_port(value)? {
+        0 => err("port 0 cannot be connected to: give the server's port"),
+        port => Ok(port),
+    }
+}
+
+fn parse_timeout(value: &str) -> std::result::Result<Duration, EndpointError> {
+    let bad = || {
+        err(format!(
+            "timeout={value} is not a positive number of seconds"
+        ))
+    };
+    let timeout = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => match value.parse::<f64>() {
+            Ok(secs) if secs.is_finite() => Duration::try_from_secs_f64(secs).or_else(|_| bad())?,
+            _ => return bad(),
+        },
+    };
+    if timeout.is_zero() {
+        return bad();
+    }
+    Ok(timeout)
+}
+
+fn fmt_timeout(timeout: Duration) -> String {
+    if timeout.subsec_nanos() == 0 {
+        timeout.as_secs().to_string()
+    } else {
+        timeout.as_secs_f64().to_string()
+    }
+}
+
+fn parse_bind(value: &str) -> std::result::Result<SocketAddr, EndpointError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, 0)),
+        Err(_) => err(format!(
+            r"bindAddress={value} is not an IP address or IP\:PORT (IPv6 in brackets: [::1])"
+        )),
+    }
+}
+
+fn fmt_bind(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    match addr.port() {
+        0 => ip,
+        port => format!(r"{ip}\:{port}"),
+    }
+}
+
+fn fmt_host(host: &str) -> String {
+    if host.parse::<Ipv6Addr>().is_ok() {
+        format!("[{host}]")
+    } else {
+        escape(host)
+    }
+}
+
+fn take_tls_files(
+    kind: &str,
+    fields: &mut Fields,
+) -> std::result::Result<ClientTlsFiles, EndpointError> {
+    let ca_certs = fields.take("caCerts").map(PathBuf::from);
+    let certificate = match (fields.take("certificate"), fields.take("privateKey")) {
+        (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return err(format!(
+                "{kind} endpoint has certificate= but no privateKey=: give the client \
+                 certificate's key too (or neither)"
+            ))
+        }
+        (None, Some(_)) => {
+            return err(format!(
+                "{kind} endpoint has privateKey= but no certificate=: give the client \
+                 certificate chain too (or neither)"
+            ))
+        }
+    };
+    Ok(ClientTlsFiles {
+        ca_certs,
+        certificate,
+    })
+}
+
+fn fmt_tls_files(f: &mut fmt::Formatter<'_>, files: &ClientTlsFiles) -> fmt::Result {
+    if let Some(ca) = &files.ca_certs {
+        write!(f, ":caCerts={}", escape_path(ca))?;
+    }
+    if let Some((cert, key)) = &files.certificate {
+        write!(
+            f,
+            ":certificate={}:privateKey={}",
+            escape_path(cert),
+            escape_path(key)
+        )?;
+    }
+    Ok(())
+}
+
+impl FromStr for ClientEndpoint {
+    type Err = EndpointError;
+
+    fn from_str(desc: &str) -> std::result::Result<Self, EndpointError> {
+        let mut description = Description::parse(desc);
+        let kind = description.kind.clone();
+        match kind.as_str() {
+            "tcp" | "tls" | "ssl" => {
+                let tls = kind != "tcp";
+                let known: &[&str] = if tls {
+                    &[
+                        "host",
+                        "port",
+                        "caCerts",
+                        "certificate",
+                        "privateKey",
+                        "timeout",
+                        "bindAddress",
+                    ]
+                } else {
+                    &["host", "port", "timeout", "bindAddress"]
+                };
+                let mut fields = description.fields(&["host", "port"], known, HOST_HINT)?;
+                let (host, port) = match (fields.take("host"), fields.take("port")) {
+                    (Some(port), None) if port.parse::<u16>().is_ok() => {
+                        return err(format!(
+                            "{kind} endpoint needs a host and a port, as in {kind}:localhost:{port}"
+                        ))
+                    }
+                    (None, _) => {
+                        return err(format!(
+                            "{kind} endpoint needs a host and a port, as in {kind}:localhost:8000"
+                        ))
+                    }
+                    (Some(host), port) => {
+                        let host = parse_host(&kind, &host)?;
+                        let Some(port) = port else {
+                            return err(format!(
+                                "{kind} endpoint needs a port, as in {kind}:{}:8000",
+                                fmt_host(&host)
+                            ));
+                        };
+                        (host, parse_client_port(&port)?)
+                    }
+                };
+                let timeout = fields.take("timeout").map(|v| parse_timeout(&v));
+                let timeout = timeout.transpose()?;
+                let bind = fields.take("bindAddress").map(|v| parse_bind(&v));
+                let bind = bind.transpose()?;
+                if !tls {
+                    return Ok(ClientEndpoint::Tcp {
+                        host,
+                        port,
+                        timeout,
+                        bind,
+                    });
+                }
+                let files = take_tls_files(&kind, &mut fields)?;
+                Ok(ClientEndpoint::Tls {
+                    host,
+                    port,
+                    timeout,
+                    bind,
+                    files,
+                })
+            }
+            "unix" | "tlsunix" => {
+                let tls = kind == "tlsunix";
+                // The server side names the path `address=`; Twisted's clients say `path=`.
+                for (k, _) in &mut description.keys {
+                    if k == "address" {
+                        *k = "path".to_owned();
+                    }
+                }
+                let known: &[&str] = if tls {
+                    &["path", "host", "caCerts", "certificate", "privateKey"]
+                } else {
+                    &["path", "timeout"]
+                };
+                let mut fields = description.fields(&["path"], known, PATH_HINT)?;
+                let path = match fields.take("path") {
+                    Some(path) if !path.is_empty() => path,
+                    _ if tls => {
+                        return err("tlsunix endpoint needs a path, as in \
+                             tlsunix:/run/app.sock:host=localhost")
+                    }
+                    _ => return err("unix endpoint needs a path, as in unix:/tmp/echo.sock"),
+                };
+                if !tls {
+                    let timeout = fields.take("timeout").map(|v| parse_timeout(&v));
+                    return Ok(ClientEndpoint::Unix {
+                        path: PathBuf::from(path),
+                        timeout: timeout.transpose()?,
+                    });
+                }
+                check_tls_unix_path(&kind, &path)?;
+                let Some(server_name) = fields.take("host") else {
+                    return err(format!(
+                        "tlsunix endpoint needs host=NAME, the name in the server's \
+                         certificate, as in tlsunix:{}:host=localhost",
+                        escape(&path)
+                    ));
+                };
+                let server_name = parse_host(&kind, &server_name)?;
+                let files = take_tls_files(&kind, &mut fields)?;
+                Ok(ClientEndpoint::TlsUnix {
+                    path: PathBuf::from(path),
+                    server_name,
+                    files,
+                })
+            }
+            "" => err("empty endpoint description; try tcp:localhost:8000"),
+            "tcp6" => err(
+                "unknown client endpoint type 'tcp6': tcp takes IPv6 hosts, as in \
+                 tcp:[::1]:8000",
+            ),
+            other => err(format!(
+                "unknown client endpoint type '{other}' (known: tcp, unix, tls, tlsunix)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ClientEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tcp_options = |f: &mut fmt::Formatter<'_>,
+                           timeout: &Option<Duration>,
+                           bind: &Option<SocketAddr>|
+         -> fmt::Result {
+            if let Some(timeout) = timeout {
+                write!(f, ":timeout={}", fmt_timeout(*timeout))?;
+            }
+            if let Some(bind) = bind {
+                write!(f, ":bindAddress={}", fmt_bind(*bind))?;
+            }
+            Ok(())
+        };
+        match self {
+            ClientEndpoint::Tcp {
+                host,
+                port,
+                timeout,
+                bind,
+            } => {
+                write!(f, "tcp:{}:{port}", fmt_host(host))?;
+                tcp_options(f, timeout, bind)
+            }
+            ClientEndpoint::Unix { path, timeout } => {
+                write!(f, "unix:{}", positional_path("path", path))?;
+                tcp_options(f, timeout, &None)
+            }
+            ClientEndpoint::Tls {
+                host,
+                port,
+                timeout,
+                bind,
+                files,
+            } => {
+                write!(f, "tls:{}:{port}", fmt_host(host))?;
+                fmt_tls_files(f, files)?;
+                tcp_options(f, timeout, bind)
+            }
+            ClientEndpoint::TlsUnix {
+                path,
+                server_name,
+                files,
+            } => {
+                write!(
+                    f,
+                    "tlsunix:{}:host={}",
+                    positional_path("path", path),
+                    fmt_host(server_name)
+                )?;
+                fmt_tls_files(f, files)
+            }
+        }
+    }
+}
+
+impl ClientEndpoint {
+    /// Parses a description (same as `str::parse`).
+    pub fn parse(desc: &str) -> std::result::Result<Self, EndpointError> {
+        desc.parse()
+    }
+
+    /// `true` for the TLS endpoints (`tls`, `tlsunix`).
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            ClientEndpoint::Tls { .. } | ClientEndpoint::TlsUnix { .. }
+        )
+    }
+
+    /// Starts connecting, as `connect_tcp`, `connect_unix` (or `connect_unix_abstract`),
+    /// `connect_tls` or `connect_tls_unix` would, and returns the [`Connector`] at once; the
+    /// outcome reaches `factory` (`client_connection_failed` with the reason, including a
+    /// failed TLS handshake, or a protocol).
+    ///
+    /// Fails only when a TLS endpoint's PEM files cannot be read or used (the error names the
+    /// option and the file); no attempt is started then. The files are read on every call:
+    /// to reconnect, call [`Connector::connect`] on the returned connector instead.
+    ///
+    /// ```no_run
+    /// use torsion_reactor::prelude::*;
+    /// use torsion_transports::ClientEndpoint;
+    ///
+    /// struct Hello;
+    /// impl Protocol for Hello {
+    ///     fn connection_made(&mut self, transport: &mut dyn Transport) {
+    ///         transport.write(b"hello\r\n");
+    ///         transport.lose_connection();
+    ///     }
+    ///     fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    /// }
+    ///
+    /// let reactor = Reactor::new()?;
+    /// let endpoint = ClientEndpoint::parse("tls:localhost:8443:caCerts=ca.pem")?;
+    /// endpoint.connect(&reactor, |_: &Address| Hello)?;
+    /// reactor.run()
+    /// # ;Ok::<(), torsion_reactor::Error>(())
+    /// ```
+    pub fn connect(&self, reactor: &Reactor, factory: impl ClientFactory) -> Result<Connector> {
+        let options = |timeout: &Option<Duration>, bind: &Option<SocketAddr>| ConnectOptions {
+            timeout: timeout.unwrap_or(crate::DEFAULT_CONNECT_TIMEOUT),
+            bind: *bind,
+            ..ConnectOptions::default()
+        };
+        Ok(match self {
+            ClientEndpoint::Tcp {
+                host,
+                port,
+                timeout,
+                bind,
+            } => reactor.connect_tcp_with(host, *port, factory, options(timeout, bind)),
+            ClientEndpoint::Unix { path, timeout } => {
+                let text = path.to_string_lossy();
+                let target = match text.strip_prefix('@') {
+                    Some(name) => UnixTarget::Abstract(name.as_bytes().to_vec()),
+                    None => UnixTarget::Path(path.clone()),
+                };
+                // `connect_unix` with a timeout (the trait has no `_with` variant).
+                crate::unix::connect(reactor, target, Box::new(factory), options(timeout, &None))
+            }
+            ClientEndpoint::Tls {
+                host,
+                port,
+                timeout,
+                bind,
+                files,
+            } => {
+                let config = files.load()?;
+                reactor.connect_tls_with(host, *port, &config, factory, options(timeout, bind))
+            }
+            ClientEndpoint::TlsUnix {
+                path,
+                server_name,
+                files,
+            } => {
+                let config = files.load()?;
+                reactor.connect_tls_unix(path, server_name, &config, factory)
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,6 +1289,8 @@ mod tests {
         assert!(e("unix:").contains("needs a path"));
         assert!(e("unix:/a:mode=999").contains("999"));
         assert!(e("tcp:80:backlog=-1").contains("backlog"));
+        assert!(e("tlsunix:@n:certKey=c:privateKey=k").contains("abstract"));
+        assert!(e("http:80").contains("known: tcp"));
     }
 
     #[test]
@@ -591,6 +1320,9 @@ mod tests {
             "udp:9:interface=127.0.0.1",
             "udp6:9:interface=[::1]",
             "unixgram:/y",
+            r"unix:/tmp/a\\b\[c\]\:d",
+            "unix:address=/tmp/a=b",
+            "unix:@abstract",
         ] {
             let ep: ServerEndpoint = d.parse().unwrap();
             assert_eq!(ep.to_string(), d);

@@ -49,7 +49,7 @@ use torsion_reactor::{ClientFactory, Connector, DatagramProtocol, Reactor, Resul
 
 pub use connector::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use datagram::{DatagramOptions, DatagramPort};
-pub use endpoint::{EndpointError, ServerEndpoint};
+pub use endpoint::{ClientEndpoint, ClientTlsFiles, EndpointError, ServerEndpoint, TlsFiles};
 pub use listener::ListeningPort;
 pub use tcp::{TcpListenOptions, DEFAULT_BACKLOG};
 pub use unix::UnixListenOptions;
