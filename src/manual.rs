@@ -46,6 +46,55 @@
 //! flush, FIN, [`write_connection_lost`](crate::Protocol::write_connection_lost), and reading
 //! goes on until the peer's FIN closes the connection.
 //!
+//! # TLS
+//!
+//! TLS ([`transports::tls`](crate::transports::tls)) is a layer between the stream transport
+//! and the protocol: everything above applies to the ciphertext stream underneath, and the
+//! TLS transport the protocol writes through adds the following. The module's docs have the
+//! details.
+//!
+//! - **Closing.** [`lose_connection`](crate::Transport::lose_connection) hands the stream the
+//!   plaintext written so far, encrypted, then a `close_notify` alert; the stream flushes,
+//!   sends FIN and waits for the peer's FIN, discarding what arrives. A peer that answers (its
+//!   `close_notify`, then FIN) ends the connection at once with `Done`. A silent peer is
+//!   waited for at most the **TLS close timeout**: 5 s by default
+//!   ([`DEFAULT_TLS_CLOSE_TIMEOUT`](crate::transports::tls::DEFAULT_TLS_CLOSE_TIMEOUT),
+//!   `close_timeout` on both TLS configuration builders), counted from the moment our
+//!   `close_notify` has left the write buffer for the socket. Then the connection is
+//!   **aborted** (reset) and the protocol still sees `Done`: the close was ours and
+//!   everything we wrote reached the socket. `Done` does not prove that the peer read it all
+//!   (only its `close_notify` does; a peer that loses the tail to the reset sees a reset or a
+//!   truncation, never a clean end). If our data never leaves the buffer because the peer
+//!   does not read, the stream's 30 s close timeout aborts the connection with
+//!   `CloseTimedOut` instead.
+//! - **Truncation.** EOF without the peer's `close_notify` is
+//!   [`CloseReason::Truncated`](crate::CloseReason::Truncated), never `Done`, including after
+//!   our own half-close; during the handshake it is
+//!   [`TlsError::HandshakeEof`](crate::transports::tls::TlsError::HandshakeEof). After our
+//!   `lose_connection` nothing is read any more, so the peer's bare FIN then ends the close
+//!   cleanly.
+//! - **Alerts and verification failures** (unknown CA, name mismatch, expired certificate,
+//!   bytes that are not TLS…) end the connection with
+//!   [`CloseReason::Tls`](crate::CloseReason::Tls); get the typed
+//!   [`TlsError`](crate::transports::tls::TlsError) back with `TlsError::from_reason`. The
+//!   alert is sent before FIN, and the TLS close timeout bounds the wait for the peer after
+//!   it. A stalled handshake ends at the handshake deadline (10 s).
+//! - **Abort.** [`abort_connection`](crate::Transport::abort_connection) resets at once, with
+//!   no `close_notify`: `Aborted`.
+//! - **Half-close.** [`lose_write_connection`](crate::Transport::lose_write_connection) sends
+//!   `close_notify` then FIN; `write_connection_lost` runs once FIN is out, and reading goes
+//!   on. The peer's `close_notify` is the TLS form of its FIN: a protocol opted in to
+//!   half-close gets `read_connection_lost` and may keep writing until it calls
+//!   `lose_connection`; without the opt-in the connection closes with `Done`. This relies on
+//!   a peer that keeps sending after our `close_notify`, as TLS 1.3 peers such as rustls and
+//!   torsion do; some TLS 1.2 stacks answer with their own `close_notify` and stop.
+//! - **Back-pressure.** Writes made during one callback (or, from outside callbacks, one
+//!   reactor turn) are encrypted together, so many small writes become few records. The
+//!   watermarks apply to the ciphertext in the stream's buffer and pause and resume the
+//!   protocol and its producer as on TCP; rustls's own outgoing buffer is bounded to the
+//!   high watermark (64 KiB,
+//!   [`DEFAULT_TLS_BUFFER_LIMIT`](crate::transports::tls::DEFAULT_TLS_BUFFER_LIMIT)).
+//!
 //! # Running out of descriptors
 //!
 //! When `accept` fails with `EMFILE`/`ENFILE` (or the kernel is out of buffers), the listening

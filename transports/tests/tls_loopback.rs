@@ -358,3 +358,171 @@ fn interop_torsion_client_to_openssl_s_server() {
     assert!(log.failed.is_none(), "{:?}", log.failed);
     assert_eq!(log.data, b"olleh\n");
 }
+
+// ---- close semantics on real sockets --------------------------------------------------------
+
+#[derive(Default)]
+struct HalfLog {
+    data: Vec<u8>,
+    read_lost: bool,
+    write_lost: bool,
+    lost: Option<CloseReason>,
+}
+
+type Half = Rc<RefCell<HalfLog>>;
+
+/// Client: sends a request, half-closes (close_notify, FIN), reads the response to the end.
+struct Requester(Half);
+
+impl Protocol for Requester {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        t.write(b"GET everything");
+        t.lose_write_connection();
+    }
+    fn data_received(&mut self, _: &mut dyn Transport, d: &[u8]) {
+        self.0.borrow_mut().data.extend_from_slice(d);
+    }
+    fn write_connection_lost(&mut self, _: &mut dyn Transport) {
+        self.0.borrow_mut().write_lost = true;
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.0.borrow_mut().lost = Some(reason);
+    }
+}
+
+/// Server, opted in to half-close: at the client's close_notify, sends `reply` and closes.
+struct Responder {
+    log: Half,
+    reply: Rc<Vec<u8>>,
+}
+
+impl Protocol for Responder {
+    fn data_received(&mut self, _: &mut dyn Transport, d: &[u8]) {
+        self.log.borrow_mut().data.extend_from_slice(d);
+    }
+    fn half_close(&self) -> bool {
+        true
+    }
+    fn read_connection_lost(&mut self, t: &mut dyn Transport) {
+        self.log.borrow_mut().read_lost = true;
+        for chunk in self.reply.chunks(10_000) {
+            t.write(chunk);
+        }
+        t.lose_connection();
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.log.borrow_mut().lost = Some(reason);
+    }
+}
+
+#[test]
+fn half_close_over_tcp_server_sends_256k_after_the_clients_close_notify() {
+    let (_d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let (cl, sl) = (Half::default(), Half::default());
+    let reply = Rc::new(pattern(256 * 1024));
+    let (s, r) = (sl.clone(), reply.clone());
+    let port = reactor
+        .listen_tls("127.0.0.1:0", &server_config(&c), move |_: &Address| {
+            Responder {
+                log: s.clone(),
+                reply: r.clone(),
+            }
+        })
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    let l = cl.clone();
+    reactor.connect_tls(
+        "127.0.0.1",
+        addr.port(),
+        &client_config(&c),
+        move |_: &Address| Requester(l.clone()),
+    );
+    let (l, s) = (cl.clone(), sl.clone());
+    run_until(&reactor, "half-close exchange", move || {
+        l.borrow().lost.is_some() && s.borrow().lost.is_some()
+    });
+    let (cl, sl) = (cl.borrow(), sl.borrow());
+    assert_eq!(sl.data, b"GET everything");
+    assert!(sl.read_lost, "the server heard the client's close_notify");
+    assert!(cl.write_lost, "the client's FIN went out");
+    assert_eq!(cl.data.len(), reply.len());
+    assert!(
+        cl.data == *reply,
+        "every byte sent after the half-close arrived"
+    );
+    assert!(cl.lost.as_ref().unwrap().is_clean(), "{:?}", cl.lost);
+    assert!(sl.lost.as_ref().unwrap().is_clean(), "{:?}", sl.lost);
+}
+
+/// Our server closes; the peer (rustls on a thread) reads our close_notify and FIN but never
+/// answers. The TLS close timeout (300 ms here) ends the connection, reported as clean; the
+/// stream's own 30 s close timeout is not what ends it.
+#[test]
+fn silent_peer_over_tcp_is_cut_off_at_the_tls_close_timeout() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let (_d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let close_timeout = Duration::from_millis(300);
+    let config = server_config(&c).with_close_timeout(close_timeout);
+    let lost: Rc<RefCell<Option<(CloseReason, Duration)>>> = Rc::default();
+    struct Bye {
+        lost: Rc<RefCell<Option<(CloseReason, Duration)>>>,
+        closed_at: Option<Instant>,
+    }
+    impl Protocol for Bye {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.write(b"bye");
+            t.lose_connection();
+            self.closed_at = Some(Instant::now());
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+        fn connection_lost(&mut self, reason: CloseReason) {
+            let took = self.closed_at.map(|t| t.elapsed()).unwrap_or_default();
+            *self.lost.borrow_mut() = Some((reason, took));
+        }
+    }
+    let l = lost.clone();
+    let port = reactor
+        .listen_tls("127.0.0.1:0", &config, move |_: &Address| Bye {
+            lost: l.clone(),
+            closed_at: None,
+        })
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    let rustls_client = client_config(&c).rustls().clone();
+    let release = Arc::new(AtomicBool::new(false));
+    let hold = release.clone();
+    let peer = Peer::spawn(move || {
+        let sock = util::std_connect(addr);
+        let name = "localhost".try_into().unwrap();
+        let conn = rustls::ClientConnection::new(rustls_client, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let mut got = Vec::new();
+        // Ends with Ok at our close_notify (a truncation would be an error).
+        let clean = tls.read_to_end(&mut got).is_ok();
+        // Stay silent, the socket open, until the test is done (bounded).
+        let started = Instant::now();
+        while !hold.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (got, clean)
+    });
+    let l = lost.clone();
+    run_until(&reactor, "the TLS close timeout", move || {
+        l.borrow().is_some()
+    });
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (got, clean) = peer.join();
+    assert_eq!(got, b"bye");
+    assert!(clean, "the peer saw our close_notify");
+    let (reason, took) = lost.borrow().clone().unwrap();
+    assert!(reason.is_clean(), "our close, still clean: {reason:?}");
+    assert!(took >= close_timeout, "waited for the peer: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the TLS close timeout, not the stream's 30 s: {took:?}"
+    );
+}

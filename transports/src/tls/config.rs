@@ -19,10 +19,27 @@ use torsion_reactor::{Error, Result};
 /// [`TlsError::HandshakeTimeout`](super::TlsError::HandshakeTimeout): 10 s.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Default bound of rustls's own outgoing buffers (plaintext waiting for the handshake, and
-/// ciphertext not yet handed to the socket transport): 64 KiB, the transport's default high
+/// Default bound of rustls's own outgoing buffer: 64 KiB, the stream transport's default high
 /// watermark.
+///
+/// The TLS layer hands plaintext to rustls at most this much at a time and moves the records
+/// rustls made to the stream transport at once, so rustls never holds more than this (plus
+/// the records' overhead) of outgoing data; everything else waits in the stream transport's
+/// write buffer, under its watermarks and hard limit, exactly as on plain TCP.
 pub const DEFAULT_TLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// Default TLS close timeout: 5 s.
+///
+/// After [`lose_connection`](torsion_reactor::Transport::lose_connection) has sent our
+/// `close_notify` and the stream transport has handed everything we wrote to the socket, the
+/// peer has this long to answer (its FIN, normally after its own `close_notify`) before the
+/// connection is aborted. The answer costs the peer one round trip and no work, so 5 s covers
+/// a slow intercontinental path many times over and a peer stalled for seconds, while a peer
+/// that never answers holds the descriptor for 5 s rather than for the stream's 30 s close
+/// timeout. The close is ours, so the protocol still sees
+/// [`CloseReason::Done`](torsion_reactor::CloseReason::Done); see the TLS module's *Close
+/// semantics*.
+pub const DEFAULT_TLS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -77,11 +94,13 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore> {
 }
 
 /// A TLS server configuration: rustls's [`rustls::ServerConfig`] plus torsion's handshake
-/// deadline and buffer bound. Cheap to clone; share one across every listening port.
+/// deadline, close timeout and buffer bound. Cheap to clone; share one across every listening
+/// port.
 #[derive(Clone)]
 pub struct ServerTlsConfig {
     pub(crate) rustls: Arc<rustls::ServerConfig>,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) close_timeout: Duration,
     pub(crate) buffer_limit: usize,
 }
 
@@ -108,6 +127,7 @@ impl ServerTlsConfig {
             client_auth: ClientAuth::None,
             alpn: Vec::new(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
             buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
             resumption: true,
         }
@@ -121,11 +141,13 @@ impl ServerTlsConfig {
         ))
     }
 
-    /// Wraps a rustls configuration built by hand, with the default deadline and buffer bound.
+    /// Wraps a rustls configuration built by hand, with the default deadline, close timeout
+    /// and buffer bound.
     pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> Self {
         ServerTlsConfig {
             rustls: config,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
             buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
         }
     }
@@ -145,6 +167,22 @@ impl ServerTlsConfig {
         self.handshake_timeout = timeout;
         self
     }
+
+    /// The TLS close timeout (see [`DEFAULT_TLS_CLOSE_TIMEOUT`]).
+    pub fn close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+
+    /// Returns this configuration with another TLS close timeout.
+    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// The bound of rustls's outgoing buffer (see [`DEFAULT_TLS_BUFFER_LIMIT`]).
+    pub fn buffer_limit(&self) -> usize {
+        self.buffer_limit
+    }
 }
 
 impl fmt::Debug for ServerTlsConfig {
@@ -152,6 +190,8 @@ impl fmt::Debug for ServerTlsConfig {
         f.debug_struct("ServerTlsConfig")
             .field("alpn", &self.rustls.alpn_protocols.len())
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("buffer_limit", &self.buffer_limit)
             .finish()
     }
 }
@@ -169,6 +209,7 @@ enum ClientAuth {
 /// - no ALPN;
 /// - session resumption on: an in-memory session cache (256 entries) and TLS 1.3 tickets;
 /// - handshake deadline [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s);
+/// - close timeout [`DEFAULT_TLS_CLOSE_TIMEOUT`] (5 s);
 /// - rustls buffers bounded by [`DEFAULT_TLS_BUFFER_LIMIT`] (64 KiB).
 #[must_use = "call build() to get the configuration"]
 pub struct ServerTlsConfigBuilder {
@@ -177,6 +218,7 @@ pub struct ServerTlsConfigBuilder {
     client_auth: ClientAuth,
     alpn: Vec<Vec<u8>>,
     handshake_timeout: Duration,
+    close_timeout: Duration,
     buffer_limit: usize,
     resumption: bool,
 }
@@ -219,7 +261,19 @@ impl ServerTlsConfigBuilder {
         self
     }
 
-    /// The bound of rustls's outgoing buffers (default 64 KiB).
+    /// How long a graceful close waits for the peer's answer once our `close_notify` and
+    /// everything before it have been handed to the socket, before the connection is aborted
+    /// (default 5 s, [`DEFAULT_TLS_CLOSE_TIMEOUT`]). The protocol still sees a clean close
+    /// ([`CloseReason::Done`](torsion_reactor::CloseReason::Done)): the close was ours. The
+    /// stream's own `ConnectionConfig::close_timeout` (30 s) still bounds the whole close,
+    /// flushing included, so a value above it has no effect.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// The bound of rustls's outgoing buffer (default 64 KiB, [`DEFAULT_TLS_BUFFER_LIMIT`];
+    /// at least 1 KiB).
     pub fn buffer_limit(mut self, limit: usize) -> Self {
         self.buffer_limit = limit.max(1024);
         self
@@ -266,6 +320,7 @@ impl ServerTlsConfigBuilder {
         Ok(ServerTlsConfig {
             rustls: Arc::new(config),
             handshake_timeout: self.handshake_timeout,
+            close_timeout: self.close_timeout,
             buffer_limit: self.buffer_limit,
         })
     }
@@ -280,12 +335,13 @@ impl fmt::Debug for ServerTlsConfigBuilder {
 }
 
 /// A TLS client configuration: rustls's [`rustls::ClientConfig`] plus torsion's handshake
-/// deadline and buffer bound. Cheap to clone; share one across connections (it holds the
+/// deadline, close timeout and buffer bound. Cheap to clone; share one across connections (it holds the
 /// session cache used for resumption).
 #[derive(Clone)]
 pub struct ClientTlsConfig {
     pub(crate) rustls: Arc<rustls::ClientConfig>,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) close_timeout: Duration,
     pub(crate) buffer_limit: usize,
 }
 
@@ -311,16 +367,19 @@ impl ClientTlsConfig {
             alpn: Vec::new(),
             insecure: false,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
             buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
             resumption: true,
         }
     }
 
-    /// Wraps a rustls configuration built by hand, with the default deadline and buffer bound.
+    /// Wraps a rustls configuration built by hand, with the default deadline, close timeout
+    /// and buffer bound.
     pub fn from_rustls(config: Arc<rustls::ClientConfig>) -> Self {
         ClientTlsConfig {
             rustls: config,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
             buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
         }
     }
@@ -340,6 +399,22 @@ impl ClientTlsConfig {
         self.handshake_timeout = timeout;
         self
     }
+
+    /// The TLS close timeout (see [`DEFAULT_TLS_CLOSE_TIMEOUT`]).
+    pub fn close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+
+    /// Returns this configuration with another TLS close timeout.
+    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// The bound of rustls's outgoing buffer (see [`DEFAULT_TLS_BUFFER_LIMIT`]).
+    pub fn buffer_limit(&self) -> usize {
+        self.buffer_limit
+    }
 }
 
 impl fmt::Debug for ClientTlsConfig {
@@ -347,6 +422,8 @@ impl fmt::Debug for ClientTlsConfig {
         f.debug_struct("ClientTlsConfig")
             .field("alpn", &self.rustls.alpn_protocols.len())
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("buffer_limit", &self.buffer_limit)
             .finish()
     }
 }
@@ -354,14 +431,18 @@ impl fmt::Debug for ClientTlsConfig {
 /// Builds a [`ClientTlsConfig`]. Defaults:
 ///
 /// - trust roots: the Mozilla roots of `webpki-roots`, unless CA certificates are given with
-///   [`ca_file`](Self::ca_file) / [`ca_certificates`](Self::ca_certificates) (then only
-///   those, plus the webpki roots if [`webpki_roots`](Self::webpki_roots) is also called);
+///   [`ca_file`](Self::ca_file) / [`ca_certificates`](Self::ca_certificates) or the
+///   operating system's store is asked for with [`platform_roots`](Self::platform_roots)
+///   (then only those, plus the webpki roots if [`webpki_roots`](Self::webpki_roots) is also
+///   called);
 /// - server certificate and host name verification always on, SNI always sent (for DNS
 ///   names); the only way off is the explicitly named
 ///   [`dangerous_skip_server_verification`](Self::dangerous_skip_server_verification);
 /// - no client certificate; no ALPN;
 /// - session resumption on (in-memory cache of 256 sessions, tickets accepted);
-/// - handshake deadline 10 s; rustls buffers bounded to 64 KiB.
+/// - handshake deadline 10 s ([`DEFAULT_HANDSHAKE_TIMEOUT`]); close timeout 5 s
+///   ([`DEFAULT_TLS_CLOSE_TIMEOUT`]); rustls buffers bounded to 64 KiB
+///   ([`DEFAULT_TLS_BUFFER_LIMIT`]).
 #[must_use = "call build() to get the configuration"]
 pub struct ClientTlsConfigBuilder {
     roots: Option<RootCertStore>,
@@ -370,15 +451,97 @@ pub struct ClientTlsConfigBuilder {
     alpn: Vec<Vec<u8>>,
     insecure: bool,
     handshake_timeout: Duration,
+    close_timeout: Duration,
     buffer_limit: usize,
     resumption: bool,
 }
 
 impl ClientTlsConfigBuilder {
     /// Also trusts the Mozilla roots of `webpki-roots` (the default when no CA is given).
+    ///
+    /// The bundle is compiled into the program: the same on every machine, independent of
+    /// what the operating system trusts, and updated with the crate. Prefer
+    /// [`platform_roots`](Self::platform_roots) where the machine's administrators decide
+    /// what to trust (corporate CAs, distribution updates).
     pub fn webpki_roots(mut self) -> Self {
         self.webpki = true;
         self
+    }
+
+    /// Also trusts the operating system's trust store, read now with `rustls-native-certs`:
+    /// on Linux and other Unix systems the CA bundle that OpenSSL uses (`SSL_CERT_FILE` /
+    /// `SSL_CERT_DIR` if set, else the distribution's file or directory, such as
+    /// `/etc/ssl/certs`), the keychain on macOS, the system store on Windows.
+    ///
+    /// Like [`ca_file`](Self::ca_file), this replaces the default webpki roots; call
+    /// [`webpki_roots`](Self::webpki_roots) as well to trust both. Certificates in the store
+    /// that cannot be parsed are skipped (logged at warn level) as long as at least one can
+    /// be used.
+    ///
+    /// Fails with an [`Error::Io`] of kind [`io::ErrorKind::NotFound`] when the store holds
+    /// no usable certificate (for example a minimal container without the `ca-certificates`
+    /// package); the message carries what the loader reported and what to do.
+    ///
+    /// ```no_run
+    /// use torsion_transports::tls::ClientTlsConfig;
+    /// let config = ClientTlsConfig::builder().platform_roots()?.build()?;
+    /// # Ok::<(), torsion_reactor::Error>(())
+    /// ```
+    pub fn platform_roots(self) -> Result<Self> {
+        let loaded = rustls_native_certs::load_native_certs();
+        let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        self.add_platform_certificates(loaded.certs, &errors)
+    }
+
+    /// Adds what the platform loader found (split out of `platform_roots` for testing).
+    fn add_platform_certificates(
+        mut self,
+        certs: Vec<CertificateDer<'static>>,
+        errors: &[String],
+    ) -> Result<Self> {
+        const CONTEXT: &str = "load the platform trust roots";
+        let found = certs.len();
+        let mut store = RootCertStore::empty();
+        let (added, ignored) = store.add_parsable_certificates(certs);
+        if added == 0 {
+            let what = if found == 0 {
+                "no certificates found in the operating system's trust store".to_owned()
+            } else {
+                format!(
+                    "none of the {found} certificates in the operating system's trust store \
+                     could be used"
+                )
+            };
+            let reported = if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" (the loader reported: {})", errors.join("; "))
+            };
+            return Err(Error::io(
+                CONTEXT,
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{what}{reported}; install the system CA bundle (the ca-certificates \
+                         package), point SSL_CERT_FILE or SSL_CERT_DIR at one, or trust \
+                         webpki_roots() or a ca_file() instead"
+                    ),
+                ),
+            ));
+        }
+        if ignored > 0 || !errors.is_empty() {
+            tracing::warn!(
+                added,
+                ignored,
+                errors = %errors.join("; "),
+                "some platform trust roots could not be loaded; using the others"
+            );
+        }
+        self.roots
+            .get_or_insert_with(RootCertStore::empty)
+            .roots
+            .extend(store.roots);
+        Ok(self)
     }
 
     /// Trusts the CA certificates of a PEM file.
@@ -437,7 +600,19 @@ impl ClientTlsConfigBuilder {
         self
     }
 
-    /// The bound of rustls's outgoing buffers (default 64 KiB).
+    /// How long a graceful close waits for the peer's answer once our `close_notify` and
+    /// everything before it have been handed to the socket, before the connection is aborted
+    /// (default 5 s, [`DEFAULT_TLS_CLOSE_TIMEOUT`]). The protocol still sees a clean close
+    /// ([`CloseReason::Done`](torsion_reactor::CloseReason::Done)): the close was ours. The
+    /// stream's own `ConnectionConfig::close_timeout` (30 s) still bounds the whole close,
+    /// flushing included, so a value above it has no effect.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// The bound of rustls's outgoing buffer (default 64 KiB, [`DEFAULT_TLS_BUFFER_LIMIT`];
+    /// at least 1 KiB).
     pub fn buffer_limit(mut self, limit: usize) -> Self {
         self.buffer_limit = limit.max(1024);
         self
@@ -479,6 +654,7 @@ impl ClientTlsConfigBuilder {
         Ok(ClientTlsConfig {
             rustls: Arc::new(config),
             handshake_timeout: self.handshake_timeout,
+            close_timeout: self.close_timeout,
             buffer_limit: self.buffer_limit,
         })
     }
@@ -539,5 +715,61 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_der() -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn not_found_message(result: Result<ClientTlsConfigBuilder>) -> String {
+        let err = result.expect_err("an error");
+        assert_eq!(
+            err.io_error().map(io::Error::kind),
+            Some(io::ErrorKind::NotFound),
+            "{err}"
+        );
+        err.to_string()
+    }
+
+    #[test]
+    fn empty_platform_store_is_a_typed_error_that_says_so() {
+        let msg = not_found_message(
+            ClientTlsConfig::builder()
+                .add_platform_certificates(Vec::new(), &["no CA bundle at /nowhere".into()]),
+        );
+        assert!(msg.contains("no certificates found"), "{msg}");
+        assert!(msg.contains("no CA bundle at /nowhere"), "{msg}");
+        assert!(msg.contains("SSL_CERT_FILE"), "{msg}");
+    }
+
+    #[test]
+    fn unusable_platform_certificates_are_a_typed_error() {
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
+        let msg = not_found_message(
+            ClientTlsConfig::builder().add_platform_certificates(vec![garbage], &[]),
+        );
+        assert!(msg.contains("none of the 1 certificates"), "{msg}");
+    }
+
+    #[test]
+    fn usable_platform_certificates_replace_the_default_roots() {
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
+        let builder = ClientTlsConfig::builder()
+            .add_platform_certificates(vec![garbage, ca_der()], &["one bad file".into()])
+            .unwrap();
+        assert_eq!(builder.roots.as_ref().map(RootCertStore::len), Some(1));
+        assert!(
+            !builder.webpki,
+            "the webpki roots are no longer added by default"
+        );
+        builder.build().unwrap();
     }
 }

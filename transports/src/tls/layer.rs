@@ -130,6 +130,11 @@ struct St {
     /// The stream connection is gone.
     closed: bool,
     failure: Option<TlsError>,
+    /// The TLS close timeout, armed when a full close starts (our `close_notify` sent, or the
+    /// alert of a failure).
+    close_timer: Option<DelayedCall>,
+    /// The TLS close timeout ended the connection (reported as a clean close).
+    close_timed_out: bool,
 }
 
 /// The TLS transport: what the inner protocol writes through, shared with its handles.
@@ -138,6 +143,7 @@ pub(crate) struct Shared {
     raw: TransportHandle,
     st: RefCell<St>,
     client_name: Option<String>,
+    close_timeout: Duration,
     in_callback: Cell<bool>,
     flush_scheduled: Cell<bool>,
 }
@@ -216,24 +222,75 @@ impl Shared {
         }
     }
 
-    /// Flushes, sends `close_notify`, and closes (or half-closes) the stream.
+    /// Flushes, sends `close_notify` (once), and closes or half-closes the stream.
+    ///
+    /// A full close (`closing`) closes the stream gracefully and arms the TLS close timeout;
+    /// it also finishes a connection that was half-closed before (`close_notify` already out).
+    /// A half-close (`write_closing` alone) sends FIN and goes on reading.
     fn send_close(&self) {
         self.flush();
-        let (full, half) = {
+        let (full, first) = {
             let mut st = self.st.borrow_mut();
-            if st.closed || st.close_sent {
+            if st.closed {
                 return;
             }
-            st.close_sent = true;
-            st.conn.send_close_notify();
-            (st.closing, st.write_closing)
+            let first = !st.close_sent;
+            if first {
+                st.close_sent = true;
+                st.conn.send_close_notify();
+            }
+            (st.closing, first)
         };
-        self.flush();
+        if first {
+            self.flush();
+        }
         if full {
             self.raw.lose_connection();
-        } else if half {
+            self.arm_close_timer();
+        } else if first {
             self.raw.lose_write_connection();
         }
+    }
+
+    /// Arms (or re-arms) the TLS close timeout.
+    fn arm_close_timer(&self) {
+        if self.st.borrow().closed {
+            return;
+        }
+        let weak = self.me.clone();
+        let timer = self.raw.reactor().call_later(self.close_timeout, move |_| {
+            if let Some(s) = weak.upgrade() {
+                s.close_timer_fired();
+            }
+        });
+        if let Some(old) = self.st.borrow_mut().close_timer.replace(timer) {
+            old.cancel();
+        }
+    }
+
+    /// The TLS close timeout elapsed and the stream is still open: the peer has not answered
+    /// our `close_notify` with its FIN. If everything we wrote has reached the socket, abort
+    /// (reported as a clean close: it was ours); if not, the peer is not even reading, and the
+    /// stream's own close timeout governs; look again one close timeout later.
+    fn close_timer_fired(&self) {
+        {
+            let mut st = self.st.borrow_mut();
+            st.close_timer = None;
+            if st.closed {
+                return;
+            }
+        }
+        if self.raw.buffered() > 0 {
+            self.arm_close_timer();
+            return;
+        }
+        tracing::debug!(
+            peer = %self.raw.peer_address(),
+            timeout = ?self.close_timeout,
+            "the peer did not answer close_notify within the TLS close timeout; aborting"
+        );
+        self.st.borrow_mut().close_timed_out = true;
+        self.raw.abort_connection();
     }
 
     fn handshake_timed_out(&self, timeout: Duration) {
@@ -338,7 +395,13 @@ impl Transport for Shared {
     }
 
     fn register_producer(&self, producer: Box<dyn Producer>, streaming: bool) {
-        self.raw.register_producer(producer, streaming);
+        self.raw.register_producer(
+            Box::new(TlsProducer {
+                inner: producer,
+                shared: self.me.clone(),
+            }),
+            streaming,
+        );
     }
 
     fn unregister_producer(&self) {
@@ -363,6 +426,45 @@ impl Transport for Shared {
     }
 }
 
+/// The user's producer as the stream transport sees it: what it writes during one callback is
+/// collected and encrypted together when the callback returns, as in protocol callbacks. So
+/// a pull producer's chunk reaches the stream transport within the callback (which is how the
+/// stream tells that it wrote, and asks for the next chunk once the buffer drains), and a push
+/// producer's small writes become few records. The stream transport's watermarks pause and
+/// resume it, on the ciphertext it buffers.
+struct TlsProducer {
+    inner: Box<dyn Producer>,
+    shared: Weak<Shared>,
+}
+
+impl TlsProducer {
+    fn run(&mut self, f: impl FnOnce(&mut dyn Producer)) {
+        let Some(shared) = self.shared.upgrade() else {
+            return f(&mut *self.inner);
+        };
+        let outer = shared.in_callback.replace(true);
+        f(&mut *self.inner);
+        shared.in_callback.set(outer);
+        if !outer {
+            shared.flush();
+        }
+    }
+}
+
+impl Producer for TlsProducer {
+    fn pause_producing(&mut self) {
+        self.run(|p| p.pause_producing());
+    }
+
+    fn resume_producing(&mut self) {
+        self.run(|p| p.resume_producing());
+    }
+
+    fn stop_producing(&mut self) {
+        self.inner.stop_producing();
+    }
+}
+
 /// How a client connection ended, for the client-factory wrapper.
 pub(crate) struct Outcome {
     pub(crate) made: bool,
@@ -379,6 +481,13 @@ enum Inner {
     Ready(Box<dyn Protocol>),
     /// Built once the handshake completes (clients from `connect_tls`).
     Deferred(Rc<RefCell<Box<dyn ClientFactory>>>),
+}
+
+/// The timeouts and bounds a [`TlsProtocol`] takes from its configuration.
+struct Limits {
+    handshake_timeout: Duration,
+    close_timeout: Duration,
+    buffer_limit: usize,
 }
 
 /// A protocol wrapper that speaks TLS on a stream transport and runs the inner protocol on the
@@ -430,6 +539,7 @@ pub struct TlsProtocol {
     half_close: bool,
     clean_eof: bool,
     handshake_timeout: Duration,
+    close_timeout: Duration,
     buffer_limit: usize,
     deadline: Option<DelayedCall>,
     outcome: Option<OutcomeSlot>,
@@ -443,8 +553,7 @@ impl TlsProtocol {
         conn: Result<Connection, TlsError>,
         client_name: Option<String>,
         inner: Inner,
-        handshake_timeout: Duration,
-        buffer_limit: usize,
+        limits: Limits,
     ) -> Self {
         TlsProtocol {
             conn: Some(conn),
@@ -454,8 +563,9 @@ impl TlsProtocol {
             made: false,
             half_close: false,
             clean_eof: false,
-            handshake_timeout,
-            buffer_limit,
+            handshake_timeout: limits.handshake_timeout,
+            close_timeout: limits.close_timeout,
+            buffer_limit: limits.buffer_limit,
             deadline: None,
             outcome: None,
             on_handshake: None,
@@ -477,8 +587,11 @@ impl TlsProtocol {
             conn,
             None,
             Inner::Ready(inner),
-            config.handshake_timeout,
-            config.buffer_limit,
+            Limits {
+                handshake_timeout: config.handshake_timeout,
+                close_timeout: config.close_timeout,
+                buffer_limit: config.buffer_limit,
+            },
         )
     }
 
@@ -521,8 +634,11 @@ impl TlsProtocol {
             conn,
             Some(name.to_owned()),
             inner,
-            config.handshake_timeout,
-            config.buffer_limit,
+            Limits {
+                handshake_timeout: config.handshake_timeout,
+                close_timeout: config.close_timeout,
+                buffer_limit: config.buffer_limit,
+            },
         )
     }
 
@@ -555,10 +671,10 @@ impl TlsProtocol {
         let Inner::Ready(p) = &mut self.inner else {
             return;
         };
-        shared.in_callback.set(true);
+        let outer = shared.in_callback.replace(true);
         let mut t: &Shared = shared;
         f(&mut **p, &mut t);
-        shared.in_callback.set(false);
+        shared.in_callback.set(outer);
         shared.flush();
     }
 
@@ -566,6 +682,8 @@ impl TlsProtocol {
         shared.set_failure(err);
         shared.flush(); // the alert rustls queued, if any
         shared.raw.lose_connection();
+        // A peer that sent garbage need not be waited for longer than one that went silent.
+        shared.arm_close_timer();
     }
 
     fn established(&mut self, raw: &mut dyn Transport, shared: &Rc<Shared>) {
@@ -634,8 +752,11 @@ impl Protocol for TlsProtocol {
                 close_sent: false,
                 closed: false,
                 failure: None,
+                close_timer: None,
+                close_timed_out: false,
             }),
             client_name: self.client_name.take(),
+            close_timeout: self.close_timeout,
             in_callback: Cell::new(false),
             flush_scheduled: Cell::new(false),
         });
@@ -733,7 +854,8 @@ impl Protocol for TlsProtocol {
         if let Some(d) = self.deadline.take() {
             d.cancel();
         }
-        let (failure, handshake_done) = match &self.shared {
+        let mut ended = Ended::default();
+        match &self.shared {
             Some(shared) => {
                 shared.in_callback.set(false);
                 SESSIONS.with(|m| {
@@ -743,14 +865,32 @@ impl Protocol for TlsProtocol {
                 let mut st = shared.st.borrow_mut();
                 st.closed = true;
                 st.plain_out = Vec::new();
-                (st.failure.take(), st.handshake_done)
+                if let Some(timer) = st.close_timer.take() {
+                    timer.cancel();
+                }
+                ended = Ended {
+                    failure: st.failure.take(),
+                    handshake_done: st.handshake_done,
+                    closing: st.closing,
+                    close_timed_out: st.close_timed_out,
+                };
             }
-            None => (self.early_failure.take(), false),
-        };
-        let reason = match failure {
+            None => ended.failure = self.early_failure.take(),
+        }
+        let reason = match ended.failure {
             Some(err) => err.into_close_reason(),
-            None if !handshake_done && reason.is_clean() => {
+            None if !ended.handshake_done && reason.is_clean() => {
                 TlsError::HandshakeEof.into_close_reason()
+            }
+            // Our close, ended by the TLS close timeout (the abort it made, not something that
+            // came first, such as the stream's own close timeout): the clean close we asked for.
+            None if ended.close_timed_out && matches!(reason, CloseReason::Aborted) => {
+                CloseReason::Done
+            }
+            // The stream ended cleanly, but not after the peer's close_notify, and not because
+            // we closed (after our half-close, the peer's FIN ends the stream directly).
+            None if reason.is_clean() && !self.clean_eof && !ended.closing => {
+                TlsError::Truncated.into_close_reason()
             }
             None => reason,
         };
@@ -810,6 +950,15 @@ impl Protocol for TlsProtocol {
             _ => raw.resume_reading(),
         }
     }
+}
+
+/// What the TLS state says about how a connection ended.
+#[derive(Default)]
+struct Ended {
+    failure: Option<TlsError>,
+    handshake_done: bool,
+    closing: bool,
+    close_timed_out: bool,
 }
 
 /// The factory `listen_tls` gives the stream listener: wraps each protocol the user's

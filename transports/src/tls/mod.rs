@@ -46,6 +46,12 @@
 //! TLS 1.3 and 1.2 with rustls's safe defaults, and session resumption are on everywhere.
 //! [`create_dev_certs`] makes a CA, a server and a client certificate for development.
 //!
+//! Clients trust the Mozilla roots compiled in from `webpki-roots` unless told otherwise:
+//! [`ClientTlsConfigBuilder::platform_roots`] trusts the operating system's store instead
+//! (read with `rustls-native-certs`; a typed error says so when the store is empty), and
+//! [`ClientTlsConfigBuilder::ca_file`] a private CA; [`ClientTlsConfigBuilder::webpki_roots`]
+//! adds the bundled roots to either.
+//!
 //! # Connection lifecycle
 //!
 //! - Your protocol's `connection_made` runs once the **handshake completed** (certificates
@@ -63,36 +69,89 @@
 //!
 //! # Close semantics
 //!
-//! - `lose_connection`: flushes what was written, sends `close_notify`, flushes, then closes
-//!   the stream gracefully (FIN). Waiting for the peer to finish is bounded by the stream's
-//!   close timeout (`ConnectionConfig::close_timeout`), so a silent peer never hangs the
-//!   connection. Called during the handshake, the close happens when it completes (or at
-//!   the handshake deadline).
-//! - The peer's `close_notify` is the clean end of its data: the connection closes (or, with
-//!   half-close on, `read_connection_lost` runs) and `connection_lost` gets `Done`.
-//! - EOF **without** `close_notify` is never a clean close: `connection_lost` gets
-//!   [`TlsError::Truncated`] (after the handshake) or [`TlsError::HandshakeEof`] (during it).
-//! - A TLS alert or a verification failure (unknown CA, name mismatch, expired certificate,
-//!   no shared version…) closes the connection with [`TlsError::Rustls`] carrying rustls's
-//!   error; during a client handshake it reaches `client_connection_failed`.
-//! - `abort_connection` resets the stream at once, as on TCP (no `close_notify`).
-//! - **Half-close** (`lose_write_connection`): sends `close_notify`, then FIN on the stream,
-//!   while reading goes on (TLS 1.3 allows the peer to keep sending; a TLS 1.2 peer usually
-//!   answers with its own `close_notify`). `write_connection_lost` runs once FIN is out. A
-//!   protocol with `half_close()` on receives `read_connection_lost` at the peer's
-//!   `close_notify`.
+//! - **`lose_connection`** (after the handshake): the plaintext written so far is encrypted
+//!   and handed to the stream transport, then our `close_notify`; the stream then closes
+//!   gracefully: it flushes its write buffer, sends FIN, and waits for the peer's FIN while
+//!   discarding what arrives (no more data reaches the protocol, as on TCP).
+//!   - A peer that answers (its `close_notify`, then FIN, as TLS peers do, torsion's
+//!     included) ends the connection at once: `connection_lost` gets `Done`.
+//!   - A peer that does not answer is waited for at most the **TLS close timeout**
+//!     ([`ServerTlsConfigBuilder::close_timeout`], [`ClientTlsConfigBuilder::close_timeout`],
+//!     default 5 s, [`DEFAULT_TLS_CLOSE_TIMEOUT`]) counted from the moment everything we
+//!     wrote, `close_notify` included, has left the stream's write buffer for the socket.
+//!     Then the connection is **aborted** (reset, as `abort_connection`: the stream has no
+//!     other way to stop waiting for a FIN) and the protocol still gets `Done`: the close was
+//!     ours and all our data reached the socket. (The stream underneath reports
+//!     `Aborted`.) `Done` does not prove that the peer read everything (only its
+//!     `close_notify` does): a peer that stopped reading for longer than the timeout can lose
+//!     the tail to the reset, and then sees a reset or a truncation, never a clean end.
+//!   - If our data never leaves the write buffer (the peer does not read at all), the
+//!     stream's own close timeout (`ConnectionConfig::close_timeout`, 30 s from
+//!     `lose_connection`) aborts the connection with `CloseTimedOut`: undelivered data is
+//!     never a clean close. The TLS close timeout can only shorten that bound.
+//!   - Called during the handshake, the close happens when the handshake completes (or the
+//!     handshake deadline ends the connection).
+//! - **The peer's `close_notify`** is the clean end of its data: the connection closes as with
+//!   `lose_connection` (our `close_notify`, FIN, the TLS close timeout), or, for a protocol
+//!   opted in to half-close, `read_connection_lost` runs (see below). `connection_lost` gets
+//!   `Done`. Bytes that follow the `close_notify` are ignored, in the same read or later ones.
+//! - **EOF without `close_notify`** is never a clean close: `connection_lost` gets
+//!   [`TlsError::Truncated`] after the handshake (also after our own half-close, while we
+//!   still read) or [`TlsError::HandshakeEof`] during it. After our `lose_connection` we no
+//!   longer read, so nothing can be cut short: the peer's FIN alone then ends the close
+//!   cleanly.
+//! - **A TLS alert or a verification failure** (unknown CA, name mismatch, expired
+//!   certificate, no shared version, bytes that are not TLS…) ends the connection with
+//!   [`TlsError::Rustls`] carrying rustls's error; the alert rustls makes is sent, then FIN,
+//!   and a peer that does not close in turn is reset after the TLS close timeout (the reason
+//!   stays the TLS failure). During a client handshake it reaches `client_connection_failed`.
+//! - **`abort_connection`** resets the stream at once, as on TCP: no `close_notify`, the
+//!   write buffer is dropped, `connection_lost` gets `Aborted` (and the peer a reset).
+//! - **Half-close** (`lose_write_connection`): flushes, sends `close_notify`, then FIN on the
+//!   stream (TLS 1.3 closes one direction with `close_notify`; reading goes on).
+//!   `write_connection_lost` runs once FIN is out; later writes are ignored. There is no
+//!   timeout on the reading side, as with TCP half-close (bound it with an idle-timeout
+//!   policy if you need one). When the peer's data ends:
+//!   - with its `close_notify`: a protocol whose `half_close()` returns `true` gets
+//!     `read_connection_lost` (right at the `close_notify`) and may keep writing until it
+//!     calls `lose_connection`; without the opt-in the connection closes, `Done`;
+//!   - with FIN alone: [`TlsError::Truncated`].
+//!
+//!   Half-close needs a peer that keeps sending after our `close_notify`: TLS 1.3 peers such
+//!   as rustls and torsion do; TLS 1.2 (RFC 5246) told a peer to answer with its own
+//!   `close_notify` at once, and some implementations still do.
 //!
 //! Failures reach protocols as a `CloseReason`; [`TlsError::from_reason`] gets the typed
 //! TLS failure back.
 //!
 //! # Flow control and buffering
 //!
-//! Writes are collected for the rest of the callback (or, from outside callbacks, the
-//! reactor turn) and encrypted together, so many small writes become a few TLS records; a
-//! 16 KiB batch is encrypted at once. Ciphertext goes straight to the stream transport, whose
-//! watermarks pause your protocol (and producers) exactly as on TCP; rustls's own buffers are
-//! bounded ([`DEFAULT_TLS_BUFFER_LIMIT`], 64 KiB, the default high watermark).
+//! - Writes are collected for the rest of the callback (protocol callbacks, producer
+//!   callbacks, the STARTTLS handshake callback) or, from outside callbacks, the rest of the
+//!   reactor turn, and encrypted together when it ends: a thousand one-byte writes in one
+//!   callback become one TLS record, not a thousand. Once 16 KiB are collected (one full
+//!   record) they are encrypted at once, and a write of 16 KiB or more is encrypted straight
+//!   from the caller's slice.
+//! - The records go straight to the stream transport, whose watermarks (64 KiB / 16 KiB by
+//!   default) pause and resume your protocol and its producer exactly as on TCP, on the
+//!   ciphertext it buffers: a push producer is paused above the high watermark and resumed
+//!   at the low one; a pull producer is asked for its next chunk once the previous one has
+//!   drained. The stream's hard limit (16 MiB) applies too.
+//! - rustls's own outgoing buffer is bounded by the configuration's `buffer_limit`
+//!   ([`DEFAULT_TLS_BUFFER_LIMIT`], 64 KiB, the default high watermark): the layer hands
+//!   rustls at most that much plaintext at a time and moves every record it made to the
+//!   stream transport immediately, so rustls never holds more than one limit's worth (plus
+//!   record overhead) and everything else is under the stream's watermarks. Incoming
+//!   plaintext is handed to the protocol after every read, never accumulated.
+//! - [`Transport::buffered`] on a TLS transport counts the stream's buffered ciphertext plus
+//!   the plaintext collected and not yet encrypted. With a peer that stops reading, what a
+//!   connection holds exceeds the high watermark only by what was written before the pause
+//!   was delivered (the rest of the callback or turn that crossed it).
+//! - Plaintext written before the handshake completed (after [`start_tls`], or through a
+//!   handle) is held by the layer until it completes; that wait is bounded in time by the
+//!   handshake deadline, not in size: do not stream bulk data before the handshake is done.
 //!
+//! [`Transport::buffered`]: torsion_reactor::Transport::buffered
 //! [`Transport`]: torsion_reactor::Transport
 
 mod certs;
@@ -113,6 +172,7 @@ pub use certs::{create_dev_certs, DevCerts, DEFAULT_DEV_HOSTS};
 pub use config::{
     load_certificates, load_private_key, ClientTlsConfig, ClientTlsConfigBuilder, ServerTlsConfig,
     ServerTlsConfigBuilder, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_TLS_BUFFER_LIMIT,
+    DEFAULT_TLS_CLOSE_TIMEOUT,
 };
 pub use error::TlsError;
 pub use layer::{session, TlsProtocol, TlsSession};
