@@ -8,14 +8,27 @@
 //! cannot starve the others. Datagrams are read into the reactor's shared 64 KiB buffer and
 //! handed to the protocol as a slice: nothing is allocated per datagram.
 //!
+//! Reads use one `recvfrom` per datagram: `recvmmsg` would save system calls, but the safe
+//! socket layer we build on does not offer it and this crate does not call the C library
+//! directly.
+//!
 //! # Writing
 //!
-//! A datagram goes straight to the socket. If the socket would block, it is queued (in order)
-//! and sent when the socket is writable; the queue holds at most
-//! [`DatagramOptions::max_queue_bytes`] (1 MiB by default), past which datagrams are dropped,
-//! counted ([`DatagramTransport::dropped`]) and reported as [`DatagramError::QueueFull`]. A
-//! datagram larger than the maximum datagram size (65,507 bytes by default) is refused with
-//! [`DatagramError::TooLarge`] before anything is sent.
+//! Outside a read burst (a timer, another connection's callback) a datagram goes straight to
+//! the socket. Inside `datagram_received`, replies are collected and sent together with one
+//! `sendmmsg` call when the burst ends, or sooner once 64 datagrams or 256 KiB are waiting;
+//! a reply server so makes one system call per burst instead of one per datagram. Either way
+//! the datagrams leave in the order they were written.
+//!
+//! If the socket would block, datagrams are queued (in order) and sent when the socket is
+//! writable; the queue holds at most [`DatagramOptions::max_queue_bytes`] (1 MiB by
+//! default), past which datagrams are dropped, counted ([`DatagramTransport::dropped`]) and,
+//! when the write is a direct one, reported as [`DatagramError::QueueFull`]. A datagram
+//! larger than the maximum datagram size (65,507 bytes by default) and an address of the
+//! wrong family are refused at once with [`DatagramError::TooLarge`] and
+//! [`DatagramError::WrongAddress`], batched or not. An I/O error from the kernel for a
+//! batched datagram is logged (at debug level) instead of returned, and a refusal in
+//! connected mode still reaches `connection_refused`.
 //!
 //! # Panics
 //!
@@ -33,7 +46,9 @@ use std::path::Path;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use rustix::net::{RecvFlags, SendFlags};
+use rustix::net::{
+    MMsgHdr, RecvFlags, SendAncillaryBuffer, SendFlags, SocketAddrAny, SocketAddrUnix,
+};
 use socket2::{Domain, SockAddr, Socket, Type};
 use torsion_reactor::{
     Address, DatagramError, DatagramProtocol, DatagramTransport, DelayedCall, Error, Interest,
@@ -44,6 +59,10 @@ use torsion_reactor::{
 use crate::connector::sockaddr_to_address;
 
 const READS_PER_TURN: usize = 64;
+/// Most datagrams one `sendmmsg` call carries.
+const BATCH_DATAGRAMS: usize = 64;
+/// Bytes of batched datagrams past which the batch is sent before the burst ends.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Options of a datagram socket.
 #[derive(Clone, Debug)]
@@ -87,11 +106,50 @@ enum Kind {
 }
 
 struct State {
-    queue: VecDeque<(Vec<u8>, Option<SockAddr>)>,
+    queue: VecDeque<(Vec<u8>, Option<SocketAddrAny>)>,
     queued_bytes: usize,
     dropped: u64,
-    peer: Option<(SockAddr, Address)>,
+    peer: Option<Address>,
     max_size: usize,
+}
+
+/// Datagrams written during a read burst, waiting for one `sendmmsg` call.
+#[derive(Default)]
+struct Batch {
+    /// The datagrams' bytes, back to back.
+    bytes: Vec<u8>,
+    /// Where each datagram ends in `bytes`, and its destination (`None`: the connected peer).
+    ends: Vec<(usize, Option<SocketAddrAny>)>,
+}
+
+impl Batch {
+    fn datagram(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1].0 };
+        &self.bytes[start..self.ends[i].0]
+    }
+
+    /// Sends the datagrams from `first` on (at most [`BATCH_DATAGRAMS`]) with one call;
+    /// returns how many the kernel took.
+    fn send(&self, socket: &Socket, first: usize) -> io::Result<usize> {
+        let last = self.ends.len().min(first + BATCH_DATAGRAMS);
+        let iovs: Vec<[io::IoSlice<'_>; 1]> = (first..last)
+            .map(|i| [io::IoSlice::new(self.datagram(i))])
+            .collect();
+        let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = (first..last)
+            .map(|_| SendAncillaryBuffer::default())
+            .collect();
+        let mut msgs: Vec<MMsgHdr<'_>> = iovs
+            .iter()
+            .zip(controls.iter_mut())
+            .zip(&self.ends[first..last])
+            .map(|((iov, control), (_, to))| match to {
+                Some(addr) => MMsgHdr::new_with_addr(addr, iov, control),
+                None => MMsgHdr::new(iov, control),
+            })
+            .collect();
+        rustix::net::sendmmsg(socket.as_fd(), &mut msgs, SendFlags::NOSIGNAL)
+            .map_err(io::Error::from)
+    }
 }
 
 pub(crate) struct DatagramSocket {
@@ -102,6 +160,9 @@ pub(crate) struct DatagramSocket {
     local: Address,
     protocol: RefCell<Option<Box<dyn DatagramProtocol>>>,
     st: RefCell<State>,
+    /// True while `read` hands datagrams to the protocol: writes then go to `batch`.
+    batching: Cell<bool>,
+    batch: RefCell<Batch>,
     max_queue_bytes: usize,
     stopped: Cell<bool>,
     /// Pause before retrying a blocked queue after a writable event that made no progress.
@@ -135,7 +196,11 @@ impl fmt::Debug for DatagramPort {
     }
 }
 
-fn sockaddr_of(kind: Kind, to: &Address) -> std::result::Result<SockAddr, DatagramError> {
+fn sockaddr_of(kind: Kind, to: &Address) -> std::result::Result<SocketAddrAny, DatagramError> {
+    let unix = |addr: rustix::io::Result<SocketAddrUnix>| {
+        addr.map(SocketAddrAny::from)
+            .map_err(|e| DatagramError::Io(e.into()))
+    };
     match (kind, to) {
         (Kind::Udp { v6: false }, Address::Inet(a @ SocketAddr::V4(_))) => Ok((*a).into()),
         (Kind::Udp { v6: true }, Address::Inet(SocketAddr::V6(a))) => Ok((*a).into()),
@@ -143,17 +208,15 @@ fn sockaddr_of(kind: Kind, to: &Address) -> std::result::Result<SockAddr, Datagr
             // An IPv4 peer of a dual-stack socket, as a mapped address.
             Ok(SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()).into())
         }
-        (Kind::Unix, Address::Unix(UnixAddress::Path(p))) => {
-            SockAddr::unix(p).map_err(DatagramError::Io)
-        }
+        (Kind::Unix, Address::Unix(UnixAddress::Path(p))) => unix(SocketAddrUnix::new(p.as_path())),
         (Kind::Unix, Address::Unix(UnixAddress::Abstract(n))) => {
-            crate::connector::abstract_sockaddr(n).map_err(DatagramError::Io)
+            unix(SocketAddrUnix::new_abstract_name(n))
         }
         _ => Err(DatagramError::WrongAddress(to.clone())),
     }
 }
 
-fn from_any(addr: Option<rustix::net::SocketAddrAny>, kind: Kind) -> Address {
+fn from_any(addr: Option<SocketAddrAny>, kind: Kind) -> Address {
     if let Some(addr) = addr {
         if let Ok(a) = SocketAddr::try_from(addr.clone()) {
             return Address::Inet(match a {
@@ -165,7 +228,7 @@ fn from_any(addr: Option<rustix::net::SocketAddrAny>, kind: Kind) -> Address {
                 a => a,
             });
         }
-        if let Ok(u) = rustix::net::SocketAddrUnix::try_from(addr) {
+        if let Ok(u) = SocketAddrUnix::try_from(addr) {
             if let Some(p) = u.path() {
                 return Address::Unix(UnixAddress::Path(std::path::PathBuf::from(
                     std::ffi::OsStr::new(&*p.to_string_lossy()),
@@ -209,6 +272,8 @@ impl DatagramSocket {
                 peer: None,
                 max_size: DEFAULT_MAX_DATAGRAM_SIZE,
             }),
+            batching: Cell::new(false),
+            batch: RefCell::new(Batch::default()),
             max_queue_bytes: options.max_queue_bytes,
             stopped: Cell::new(false),
             write_backoff: Cell::new(FIRST_WRITE_BACKOFF),
@@ -242,15 +307,22 @@ impl DatagramSocket {
         }
     }
 
-    fn send_now(&self, data: &[u8], to: Option<&SockAddr>) -> io::Result<usize> {
-        let flags = SendFlags::NOSIGNAL.bits() as i32;
-        self.with_socket(|s| match to {
-            Some(addr) => s.send_to_with_flags(data, addr, flags),
-            None => s.send_with_flags(data, flags),
+    fn send_now(&self, data: &[u8], to: Option<&SocketAddrAny>) -> io::Result<usize> {
+        let flags = SendFlags::NOSIGNAL;
+        self.with_socket(|s| {
+            match to {
+                Some(addr) => rustix::net::sendto(s.as_fd(), data, flags, addr),
+                None => rustix::net::send(s.as_fd(), data, flags),
+            }
+            .map_err(io::Error::from)
         })
     }
 
-    fn send(&self, data: &[u8], to: Option<SockAddr>) -> std::result::Result<(), DatagramError> {
+    fn send(
+        &self,
+        data: &[u8],
+        to: Option<SocketAddrAny>,
+    ) -> std::result::Result<(), DatagramError> {
         if self.stopped.get() {
             return Err(DatagramError::Closed);
         }
@@ -260,6 +332,20 @@ impl DatagramSocket {
                 size: data.len(),
                 limit: st.max_size,
             });
+        }
+        if st.queue.is_empty() && self.batching.get() {
+            drop(st);
+            let full = {
+                let mut batch = self.batch.borrow_mut();
+                batch.bytes.extend_from_slice(data);
+                let end = batch.bytes.len();
+                batch.ends.push((end, to));
+                batch.ends.len() >= BATCH_DATAGRAMS || end >= BATCH_BYTES
+            };
+            if full {
+                self.send_batch();
+            }
+            return Ok(());
         }
         if st.queue.is_empty() {
             match self.send_now(data, to.as_ref()) {
@@ -272,15 +358,56 @@ impl DatagramSocket {
                 }
             }
         }
+        let queued = self.enqueue(&mut st, data, to);
+        drop(st);
+        self.update_interest();
+        queued
+    }
+
+    fn enqueue(
+        &self,
+        st: &mut State,
+        data: &[u8],
+        to: Option<SocketAddrAny>,
+    ) -> std::result::Result<(), DatagramError> {
         if st.queued_bytes + data.len() > self.max_queue_bytes {
             st.dropped += 1;
             return Err(DatagramError::QueueFull);
         }
         st.queued_bytes += data.len();
         st.queue.push_back((data.to_vec(), to));
-        drop(st);
-        self.update_interest();
         Ok(())
+    }
+
+    /// Sends the batched datagrams; what the socket cannot take now joins the queue.
+    fn send_batch(&self) {
+        let mut batch = self.batch.borrow_mut();
+        let mut sent = 0;
+        while sent < batch.ends.len() {
+            match self.with_socket(|s| batch.send(s, sent)) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The first datagram of the call failed: drop it and go on with the rest.
+                    tracing::debug!(local = %self.local, error = %e, "batched datagram not sent");
+                    self.refused_if_connected(&e);
+                    sent += 1;
+                }
+            }
+        }
+        if sent < batch.ends.len() {
+            let mut st = self.st.borrow_mut();
+            for i in sent..batch.ends.len() {
+                let to = batch.ends[i].1.clone();
+                // Past the queue limit the datagram is dropped and counted by `enqueue`.
+                let _ = self.enqueue(&mut st, batch.datagram(i), to);
+            }
+            drop(st);
+            self.update_interest();
+        }
+        batch.bytes.clear();
+        batch.ends.clear();
     }
 
     /// In connected mode the kernel reports a refusal (ICMP port unreachable) on whichever
@@ -352,6 +479,7 @@ impl DatagramSocket {
 
     fn read(&self, reactor: &Reactor) {
         let mut buf = reactor.take_read_buffer();
+        self.batching.set(true);
         for _ in 0..READS_PER_TURN {
             if self.stopped.get() {
                 break;
@@ -363,7 +491,7 @@ impl DatagramSocket {
             match result {
                 Ok((n, _, from)) => {
                     let from = match &self.st.borrow().peer {
-                        Some((_, peer)) if from.is_none() => peer.clone(),
+                        Some(peer) if from.is_none() => peer.clone(),
                         _ => from_any(from, self.kind),
                     };
                     self.call(|p, t| p.datagram_received(t, &buf[..n], &from));
@@ -379,6 +507,8 @@ impl DatagramSocket {
                 }
             }
         }
+        self.batching.set(false);
+        self.send_batch();
         reactor.return_read_buffer(buf);
     }
 
@@ -428,8 +558,8 @@ impl DatagramTransport for DatagramSocket {
             DatagramError::Io(e) => e,
             other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
         })?;
-        self.with_socket(|s| s.connect(&addr))?;
-        self.st.borrow_mut().peer = Some((addr, to.clone()));
+        self.with_socket(|s| rustix::net::connect(s.as_fd(), &addr).map_err(io::Error::from))?;
+        self.st.borrow_mut().peer = Some(to.clone());
         Ok(())
     }
 
@@ -438,7 +568,7 @@ impl DatagramTransport for DatagramSocket {
     }
 
     fn peer_address(&self) -> Option<Address> {
-        self.st.borrow().peer.as_ref().map(|(_, a)| a.clone())
+        self.st.borrow().peer.clone()
     }
 
     fn max_datagram_size(&self) -> usize {
@@ -454,9 +584,12 @@ impl DatagramTransport for DatagramSocket {
     }
 
     fn stop_listening(&self) {
-        if self.stopped.replace(true) {
+        if self.stopped.get() {
             return;
         }
+        // Replies written in this burst before the stop still go out.
+        self.send_batch();
+        self.stopped.set(true);
         let reg = self.reg.borrow_mut().take();
         drop(reg);
         if let Some(retry) = self.retry.borrow_mut().take() {

@@ -621,6 +621,75 @@ fn udp_burst_does_not_starve_tcp() {
     );
 }
 
+/// Answers every datagram with two: the datagram itself, then its length as text. On `stop`
+/// it answers `bye` and closes the socket in the same callback.
+struct TwoReplies;
+
+impl DatagramProtocol for TwoReplies {
+    fn datagram_received(
+        &mut self,
+        transport: &mut dyn DatagramTransport,
+        data: &[u8],
+        from: &Address,
+    ) {
+        if data == b"stop" {
+            transport.write_to(b"bye", from).unwrap();
+            transport.stop_listening();
+            return;
+        }
+        transport.write_to(data, from).unwrap();
+        transport
+            .write_to(data.len().to_string().as_bytes(), from)
+            .unwrap();
+    }
+}
+
+/// Replies written while a burst of datagrams is being read are sent together (`sendmmsg`):
+/// they must still arrive whole, in the order written, also when one burst yields more
+/// replies than one batch holds; and a reply written just before `stop_listening` still
+/// goes out.
+#[test]
+fn replies_written_during_a_burst_arrive_whole_and_in_order() {
+    const WINDOW: usize = 48;
+    const ROUNDS: usize = 10;
+    let reactor = Reactor::new().unwrap();
+    let server = reactor.listen_udp("127.0.0.1:0", TwoReplies).unwrap();
+    let to = server.local_address().socket_addr().unwrap();
+    let peer = Peer::spawn(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(util::IO_TIMEOUT)).unwrap();
+        let mut buf = vec![0u8; 2048];
+        let mut replies = 0;
+        for round in 0..ROUNDS {
+            // A window of datagrams sent back to back, so the server reads them in bursts.
+            let sent: Vec<Vec<u8>> = (0..WINDOW)
+                .map(|i| pattern((round * WINDOW + i) * 37 % 600))
+                .collect();
+            for d in &sent {
+                s.send_to(d, to).unwrap();
+            }
+            for d in &sent {
+                let (n, from) = s.recv_from(&mut buf).expect("the echoed datagram");
+                assert_eq!(from, to);
+                assert_eq!(&buf[..n], &d[..], "round {round}: echo out of order or cut");
+                let (n, _) = s.recv_from(&mut buf).expect("the length reply");
+                assert_eq!(&buf[..n], d.len().to_string().as_bytes(), "round {round}");
+                replies += 2;
+            }
+        }
+        s.send_to(b"stop", to).unwrap();
+        let (n, _) = s
+            .recv_from(&mut buf)
+            .expect("the reply written before stopping");
+        (replies, buf[..n].to_vec())
+    });
+    let done = peer.done_flag();
+    run_until(&reactor, "the peer's replies", move || {
+        done.load(Ordering::Acquire)
+    });
+    assert_eq!(peer.join(), (2 * WINDOW * ROUNDS, b"bye".to_vec()));
+}
+
 /// A multicast group unlikely to be used by another test run at the same time.
 fn test_group() -> Ipv4Addr {
     Ipv4Addr::new(239, 255, 0, 1 + (std::process::id() % 250) as u8)
