@@ -112,7 +112,11 @@ pub trait DatagramProtocol: 'static {
 ///
 /// Sends never block: when the socket cannot take a datagram now, it is queued (up to the
 /// transport's queue limit) and sent when the socket is writable; past the limit it is dropped
-/// and counted. Socket options a transport does not have return `Unsupported`.
+/// and counted. A transport may hold datagrams written inside `datagram_received` and send
+/// them together when the callback returns (the socket transports do, with `sendmmsg`); an
+/// error the kernel reports for such a datagram is then logged rather than returned, while
+/// size and address checks always fail at once. Socket options a transport does not have
+/// return `Unsupported`.
 pub trait DatagramTransport {
     /// Sends one datagram to `to`.
     fn write_to(&self, data: &[u8], to: &Address) -> Result<(), DatagramError>;
