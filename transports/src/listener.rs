@@ -13,6 +13,14 @@
 //! Pending clients wait in the kernel's backlog meanwhile (they are not accepted and dropped),
 //! the reactor does not spin, and accepting resumes within one pause of descriptors freeing
 //! up. A warning is logged once per shortage.
+//!
+//! # Reading at once
+//!
+//! Right after `connection_made`, an accepted connection is read once without waiting for
+//! the poller: clients usually send their first bytes (a request, a TLS ClientHello) with or
+//! just after the handshake, so they are often already there, and reading them now saves a
+//! trip through the poller per connection (tokio's tasks do the same by starting out
+//! "ready"). When nothing has arrived, the cost is one read that returns `EAGAIN`.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -231,10 +239,16 @@ impl Listener {
             })),
         );
         // A connection that already closed during `connection_made` released its slot.
-        let mut conns = self.conns.borrow_mut();
-        if matches!(conns.slots[slot], Slot::Reserved) {
-            conns.slots[slot] = Slot::Live(conn.handle());
+        {
+            let mut conns = self.conns.borrow_mut();
+            if matches!(conns.slots[slot], Slot::Reserved) {
+                conns.slots[slot] = Slot::Live(conn.handle());
+            }
         }
+        conn.ready(Readiness {
+            readable: true,
+            writable: false,
+        });
     }
 
     fn reserve_slot(&self) -> usize {

@@ -403,3 +403,93 @@ fn stop_listening_refuses_new_connections_and_keeps_open_ones() {
     assert_lost_once(&server, "server", |r| matches!(r, CloseReason::Done));
     assert_eq!(port.connection_count(), 0);
 }
+
+/// What [`EarlyBytes`] saw.
+#[derive(Default)]
+struct EarlySeen {
+    made: bool,
+    data: Vec<u8>,
+    lost: Vec<CloseReason>,
+    handle: Option<TransportHandle>,
+}
+
+/// A server protocol that pauses reading, or closes, in `connection_made`.
+struct EarlyBytes {
+    seen: Rc<RefCell<EarlySeen>>,
+    close: bool,
+}
+
+impl Protocol for EarlyBytes {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        let mut seen = self.seen.borrow_mut();
+        seen.made = true;
+        seen.handle = Some(transport.handle());
+        if self.close {
+            transport.lose_connection();
+        } else {
+            transport.pause_reading();
+        }
+    }
+    fn data_received(&mut self, _transport: &mut dyn Transport, data: &[u8]) {
+        self.seen.borrow_mut().data.extend_from_slice(data);
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.seen.borrow_mut().lost.push(reason);
+    }
+}
+
+/// An accepted connection is read once right after `connection_made`, without waiting for the
+/// poller; bytes the client sent before it was accepted must still wait while
+/// `connection_made` paused reading, and never reach a protocol that closed there.
+#[test]
+fn bytes_sent_before_accept_respect_what_connection_made_chose() {
+    let _serial = serial();
+    for close in [false, true] {
+        let reactor = Reactor::new().unwrap();
+        let seen = Rc::new(RefCell::new(EarlySeen::default()));
+        let s = seen.clone();
+        let port = reactor
+            .listen_tcp("127.0.0.1:0", move |_: &Address| EarlyBytes {
+                seen: s.clone(),
+                close,
+            })
+            .unwrap();
+        // The kernel completes the handshake from the backlog: these bytes are waiting before
+        // the reactor accepts the connection.
+        let mut client = std_connect(port_addr(&port.local_address()));
+        std::io::Write::write_all(&mut client, b"early bytes").unwrap();
+        let s = seen.clone();
+        run_until(&reactor, "the connection", move || s.borrow().made);
+        run_for(&reactor, Duration::from_millis(50));
+        if close {
+            // Our FIN is out; the close completes when the client closes too.
+            drop(client);
+            let s = seen.clone();
+            run_until(&reactor, "the close", move || !s.borrow().lost.is_empty());
+            let seen = seen.borrow();
+            assert!(
+                seen.data.is_empty(),
+                "a closed protocol got {:?}",
+                seen.data
+            );
+            assert!(
+                matches!(seen.lost[..], [CloseReason::Done]),
+                "{:?}",
+                seen.lost
+            );
+        } else {
+            assert!(
+                seen.borrow().data.is_empty(),
+                "data_received ran while reading was paused"
+            );
+            let handle = seen.borrow().handle.clone().unwrap();
+            handle.resume_reading();
+            let s = seen.clone();
+            run_until(&reactor, "the early bytes", move || {
+                s.borrow().data.len() >= 11
+            });
+            assert_eq!(seen.borrow().data, b"early bytes");
+        }
+        port.stop_listening();
+    }
+}
