@@ -3,15 +3,17 @@
 
 mod util;
 
+use std::cell::RefCell;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use torsion_reactor::prelude::*;
-use torsion_reactor::{Error, UnixAddress};
+use torsion_reactor::{Error, UnixAddress, READ_BUFFER_SIZE};
 use torsion_transports::{ReactorExt, UnixListenOptions};
 
 use util::*;
@@ -251,5 +253,67 @@ fn a_live_server_with_a_full_queue_is_address_in_use_without_blocking() {
     assert!(
         outcome.contains("AddressInUse"),
         "expected AddressInUse, got {outcome}"
+    );
+}
+
+/// Echo that records the most it ever had buffered, and its pauses.
+struct MeasuringEcho {
+    most_buffered: Rc<RefCell<(usize, usize)>>,
+}
+
+impl Protocol for MeasuringEcho {
+    fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+        transport.write(data);
+        let mut m = self.most_buffered.borrow_mut();
+        m.0 = m.0.max(transport.buffered());
+    }
+    fn pause_producing(&mut self, transport: &mut dyn Transport) {
+        self.most_buffered.borrow_mut().1 += 1;
+        transport.pause_reading();
+    }
+}
+
+/// A client that has sent much and reads nothing: the echo's write buffer passes the high
+/// watermark by at most one read, because `pause_producing` runs as soon as the
+/// `data_received` that crossed it returns, before the next read of the turn (hundreds of
+/// KiB wait in the socket, enough for many more full reads).
+#[test]
+fn echo_to_a_client_that_does_not_read_buffers_at_most_one_read_past_the_watermark() {
+    let reactor = Reactor::new().unwrap();
+    let seen = Rc::new(RefCell::new((0usize, 0usize)));
+    let s = seen.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.sock");
+    let _port = reactor
+        .listen_unix(&path, move |_: &Address| MeasuringEcho {
+            most_buffered: s.clone(),
+        })
+        .unwrap();
+    // Before the reactor accepts: fill the socket towards the server as far as it goes.
+    let mut client = UnixStream::connect(&path).expect("connect to the server");
+    let _ = socket2::SockRef::from(&client).set_send_buffer_size(4 << 20);
+    client.set_nonblocking(true).unwrap();
+    let chunk = pattern(64 * 1024);
+    let mut queued = 0usize;
+    while queued < 64 << 20 {
+        match client.write(&chunk) {
+            Ok(n) => queued += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    let config = torsion_reactor::ConnectionConfig::default();
+    assert!(
+        queued > config.high_watermark + 3 * READ_BUFFER_SIZE,
+        "only {queued} bytes queued: the test needs more waiting than the echo may buffer"
+    );
+    let s = seen.clone();
+    run_until(&reactor, "the pause", move || s.borrow().1 > 0);
+    let (most, pauses) = *seen.borrow();
+    assert_eq!(pauses, 1);
+    assert!(
+        most <= config.high_watermark + READ_BUFFER_SIZE,
+        "write buffer reached {most} bytes (high watermark {})",
+        config.high_watermark
     );
 }
