@@ -14,7 +14,7 @@ use std::time::Duration;
 use torsion_reactor::prelude::*;
 use torsion_transports::tls::{self, DevCerts, TlsError};
 use torsion_transports::{ClientEndpoint, ClientTlsFiles, ServerEndpoint};
-use util::{pattern, port_addr, run_until, Echo};
+use util::{pattern, port_addr, run_until, Echo, Log, SenderFactory};
 
 // ---------------------------------------------------------------------------------------
 // Parsing and display.
@@ -275,63 +275,6 @@ fn endpoint_errors_convert_to_invalid_address() {
 
 // ---------------------------------------------------------------------------------------
 // Connections through client endpoints.
-
-#[derive(Default)]
-struct ClientLog {
-    data: Vec<u8>,
-    made: bool,
-    local: Option<Address>,
-    failed: Option<CloseReason>,
-    factory_lost: Option<CloseReason>,
-}
-
-type Log = Rc<RefCell<ClientLog>>;
-
-/// Sends `msg`, collects the echo, closes once all of it came back.
-struct Sender {
-    log: Log,
-    msg: Vec<u8>,
-}
-
-impl Protocol for Sender {
-    fn connection_made(&mut self, t: &mut dyn Transport) {
-        let mut log = self.log.borrow_mut();
-        log.made = true;
-        log.local = Some(t.local_address());
-        drop(log);
-        t.write(&self.msg);
-    }
-
-    fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
-        let mut log = self.log.borrow_mut();
-        log.data.extend_from_slice(d);
-        if log.data.len() >= self.msg.len() {
-            t.lose_connection();
-        }
-    }
-}
-
-struct SenderFactory {
-    log: Log,
-    msg: Vec<u8>,
-}
-
-impl ClientFactory for SenderFactory {
-    fn build_protocol(&mut self, _: &Address) -> Option<Box<dyn Protocol>> {
-        Some(Box::new(Sender {
-            log: self.log.clone(),
-            msg: self.msg.clone(),
-        }))
-    }
-
-    fn client_connection_failed(&mut self, _: &Connector, reason: CloseReason) {
-        self.log.borrow_mut().failed = Some(reason);
-    }
-
-    fn client_connection_lost(&mut self, _: &Connector, reason: CloseReason) {
-        self.log.borrow_mut().factory_lost = Some(reason);
-    }
-}
 
 fn sender(msg: &[u8]) -> (Log, SenderFactory) {
     let log = Log::default();

@@ -16,66 +16,12 @@ use torsion_reactor::prelude::*;
 use torsion_transports::tls::{
     self, ClientTlsConfig, DevCerts, ServerTlsConfig, TlsError, TlsReactorExt,
 };
-use util::{pattern, port_addr, run_until, run_until_within, Peer};
+use util::{pattern, port_addr, run_until, run_until_within, Log, Peer, SenderFactory};
 
 struct Echo;
 impl Protocol for Echo {
     fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
         t.write(d);
-    }
-}
-
-#[derive(Default)]
-struct ClientLog {
-    data: Vec<u8>,
-    made: bool,
-    lost: Option<CloseReason>,
-    failed: Option<CloseReason>,
-    factory_lost: Option<CloseReason>,
-}
-
-type Log = Rc<RefCell<ClientLog>>;
-
-/// Sends `msg`, collects the echo, closes once all of it came back.
-struct Sender {
-    log: Log,
-    msg: Vec<u8>,
-}
-
-impl Protocol for Sender {
-    fn connection_made(&mut self, t: &mut dyn Transport) {
-        self.log.borrow_mut().made = true;
-        t.write(&self.msg);
-    }
-    fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
-        let mut log = self.log.borrow_mut();
-        log.data.extend_from_slice(d);
-        if log.data.len() >= self.msg.len() {
-            t.lose_connection();
-        }
-    }
-    fn connection_lost(&mut self, reason: CloseReason) {
-        self.log.borrow_mut().lost = Some(reason);
-    }
-}
-
-struct SenderFactory {
-    log: Log,
-    msg: Vec<u8>,
-}
-
-impl ClientFactory for SenderFactory {
-    fn build_protocol(&mut self, _: &Address) -> Option<Box<dyn Protocol>> {
-        Some(Box::new(Sender {
-            log: self.log.clone(),
-            msg: self.msg.clone(),
-        }))
-    }
-    fn client_connection_failed(&mut self, _: &Connector, reason: CloseReason) {
-        self.log.borrow_mut().failed = Some(reason);
-    }
-    fn client_connection_lost(&mut self, _: &Connector, reason: CloseReason) {
-        self.log.borrow_mut().factory_lost = Some(reason);
     }
 }
 

@@ -317,3 +317,67 @@ pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// What a [`Sender`] client and its [`SenderFactory`] saw.
+#[derive(Default)]
+pub struct ClientLog {
+    pub data: Vec<u8>,
+    pub made: bool,
+    pub local: Option<Address>,
+    pub lost: Option<CloseReason>,
+    pub failed: Option<CloseReason>,
+    pub factory_lost: Option<CloseReason>,
+}
+
+pub type Log = Rc<RefCell<ClientLog>>;
+
+/// Sends `msg`, collects the echo, closes once all of it came back.
+pub struct Sender {
+    pub log: Log,
+    pub msg: Vec<u8>,
+}
+
+impl Protocol for Sender {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        let mut log = self.log.borrow_mut();
+        log.made = true;
+        log.local = Some(t.local_address());
+        drop(log);
+        t.write(&self.msg);
+    }
+
+    fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
+        let mut log = self.log.borrow_mut();
+        log.data.extend_from_slice(d);
+        if log.data.len() >= self.msg.len() {
+            t.lose_connection();
+        }
+    }
+
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.log.borrow_mut().lost = Some(reason);
+    }
+}
+
+/// Builds a [`Sender`] per connection and records the client-factory callbacks.
+pub struct SenderFactory {
+    pub log: Log,
+    pub msg: Vec<u8>,
+}
+
+impl ClientFactory for SenderFactory {
+    fn build_protocol(&mut self, _: &Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(Sender {
+            log: self.log.clone(),
+            msg: self.msg.clone(),
+        }))
+    }
+
+    fn client_connection_failed(&mut self, _: &Connector, reason: CloseReason) {
+        self.log.borrow_mut().failed = Some(reason);
+    }
+
+    fn client_connection_lost(&mut self, _: &Connector, reason: CloseReason) {
+        self.log.borrow_mut().factory_lost = Some(reason);
+    }
+}
