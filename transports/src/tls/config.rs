@@ -41,6 +41,25 @@ pub const DEFAULT_TLS_BUFFER_LIMIT: usize = 64 * 1024;
 /// semantics*.
 pub const DEFAULT_TLS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The per-connection timeouts and bound a TLS configuration carries (server and client
+/// alike), handed to each connection's TLS layer.
+#[derive(Clone, Copy)]
+pub(crate) struct TlsLimits {
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) buffer_limit: usize,
+}
+
+impl Default for TlsLimits {
+    fn default() -> Self {
+        TlsLimits {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
+            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+        }
+    }
+}
+
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -99,9 +118,7 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore> {
 #[derive(Clone)]
 pub struct ServerTlsConfig {
     pub(crate) rustls: Arc<rustls::ServerConfig>,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) close_timeout: Duration,
-    pub(crate) buffer_limit: usize,
+    pub(crate) limits: TlsLimits,
 }
 
 impl ServerTlsConfig {
@@ -126,9 +143,7 @@ impl ServerTlsConfig {
             key,
             client_auth: ClientAuth::None,
             alpn: Vec::new(),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
-            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+            limits: TlsLimits::default(),
             resumption: true,
         }
     }
@@ -146,9 +161,7 @@ impl ServerTlsConfig {
     pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> Self {
         ServerTlsConfig {
             rustls: config,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
-            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+            limits: TlsLimits::default(),
         }
     }
 
@@ -159,29 +172,29 @@ impl ServerTlsConfig {
 
     /// The handshake deadline.
     pub fn handshake_timeout(&self) -> Duration {
-        self.handshake_timeout
+        self.limits.handshake_timeout
     }
 
     /// Returns this configuration with another handshake deadline.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.limits.handshake_timeout = timeout;
         self
     }
 
     /// The TLS close timeout (see [`DEFAULT_TLS_CLOSE_TIMEOUT`]).
     pub fn close_timeout(&self) -> Duration {
-        self.close_timeout
+        self.limits.close_timeout
     }
 
     /// Returns this configuration with another TLS close timeout.
     pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.limits.close_timeout = timeout;
         self
     }
 
     /// The bound of rustls's outgoing buffer (see [`DEFAULT_TLS_BUFFER_LIMIT`]).
     pub fn buffer_limit(&self) -> usize {
-        self.buffer_limit
+        self.limits.buffer_limit
     }
 }
 
@@ -189,9 +202,9 @@ impl fmt::Debug for ServerTlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTlsConfig")
             .field("alpn", &self.rustls.alpn_protocols.len())
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("close_timeout", &self.close_timeout)
-            .field("buffer_limit", &self.buffer_limit)
+            .field("handshake_timeout", &self.limits.handshake_timeout)
+            .field("close_timeout", &self.limits.close_timeout)
+            .field("buffer_limit", &self.limits.buffer_limit)
             .finish()
     }
 }
@@ -217,9 +230,7 @@ pub struct ServerTlsConfigBuilder {
     key: PrivateKeyDer<'static>,
     client_auth: ClientAuth,
     alpn: Vec<Vec<u8>>,
-    handshake_timeout: Duration,
-    close_timeout: Duration,
-    buffer_limit: usize,
+    limits: TlsLimits,
     resumption: bool,
 }
 
@@ -257,7 +268,7 @@ impl ServerTlsConfigBuilder {
 
     /// The handshake deadline (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.limits.handshake_timeout = timeout;
         self
     }
 
@@ -268,14 +279,14 @@ impl ServerTlsConfigBuilder {
     /// stream's own `ConnectionConfig::close_timeout` (30 s) still bounds the whole close,
     /// flushing included, so a value above it has no effect.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.limits.close_timeout = timeout;
         self
     }
 
     /// The bound of rustls's outgoing buffer (default 64 KiB, [`DEFAULT_TLS_BUFFER_LIMIT`];
     /// at least 1 KiB).
     pub fn buffer_limit(mut self, limit: usize) -> Self {
-        self.buffer_limit = limit.max(1024);
+        self.limits.buffer_limit = limit.max(1024);
         self
     }
 
@@ -319,9 +330,7 @@ impl ServerTlsConfigBuilder {
         }
         Ok(ServerTlsConfig {
             rustls: Arc::new(config),
-            handshake_timeout: self.handshake_timeout,
-            close_timeout: self.close_timeout,
-            buffer_limit: self.buffer_limit,
+            limits: self.limits,
         })
     }
 }
@@ -340,9 +349,7 @@ impl fmt::Debug for ServerTlsConfigBuilder {
 #[derive(Clone)]
 pub struct ClientTlsConfig {
     pub(crate) rustls: Arc<rustls::ClientConfig>,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) close_timeout: Duration,
-    pub(crate) buffer_limit: usize,
+    pub(crate) limits: TlsLimits,
 }
 
 impl ClientTlsConfig {
@@ -366,9 +373,7 @@ impl ClientTlsConfig {
             client_cert: None,
             alpn: Vec::new(),
             insecure: false,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
-            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+            limits: TlsLimits::default(),
             resumption: true,
         }
     }
@@ -378,9 +383,7 @@ impl ClientTlsConfig {
     pub fn from_rustls(config: Arc<rustls::ClientConfig>) -> Self {
         ClientTlsConfig {
             rustls: config,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            close_timeout: DEFAULT_TLS_CLOSE_TIMEOUT,
-            buffer_limit: DEFAULT_TLS_BUFFER_LIMIT,
+            limits: TlsLimits::default(),
         }
     }
 
@@ -391,29 +394,29 @@ impl ClientTlsConfig {
 
     /// The handshake deadline.
     pub fn handshake_timeout(&self) -> Duration {
-        self.handshake_timeout
+        self.limits.handshake_timeout
     }
 
     /// Returns this configuration with another handshake deadline.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.limits.handshake_timeout = timeout;
         self
     }
 
     /// The TLS close timeout (see [`DEFAULT_TLS_CLOSE_TIMEOUT`]).
     pub fn close_timeout(&self) -> Duration {
-        self.close_timeout
+        self.limits.close_timeout
     }
 
     /// Returns this configuration with another TLS close timeout.
     pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.limits.close_timeout = timeout;
         self
     }
 
     /// The bound of rustls's outgoing buffer (see [`DEFAULT_TLS_BUFFER_LIMIT`]).
     pub fn buffer_limit(&self) -> usize {
-        self.buffer_limit
+        self.limits.buffer_limit
     }
 }
 
@@ -421,9 +424,9 @@ impl fmt::Debug for ClientTlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTlsConfig")
             .field("alpn", &self.rustls.alpn_protocols.len())
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("close_timeout", &self.close_timeout)
-            .field("buffer_limit", &self.buffer_limit)
+            .field("handshake_timeout", &self.limits.handshake_timeout)
+            .field("close_timeout", &self.limits.close_timeout)
+            .field("buffer_limit", &self.limits.buffer_limit)
             .finish()
     }
 }
@@ -450,9 +453,7 @@ pub struct ClientTlsConfigBuilder {
     client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     alpn: Vec<Vec<u8>>,
     insecure: bool,
-    handshake_timeout: Duration,
-    close_timeout: Duration,
-    buffer_limit: usize,
+    limits: TlsLimits,
     resumption: bool,
 }
 
@@ -596,7 +597,7 @@ impl ClientTlsConfigBuilder {
 
     /// The handshake deadline (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.limits.handshake_timeout = timeout;
         self
     }
 
@@ -607,14 +608,14 @@ impl ClientTlsConfigBuilder {
     /// stream's own `ConnectionConfig::close_timeout` (30 s) still bounds the whole close,
     /// flushing included, so a value above it has no effect.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.limits.close_timeout = timeout;
         self
     }
 
     /// The bound of rustls's outgoing buffer (default 64 KiB, [`DEFAULT_TLS_BUFFER_LIMIT`];
     /// at least 1 KiB).
     pub fn buffer_limit(mut self, limit: usize) -> Self {
-        self.buffer_limit = limit.max(1024);
+        self.limits.buffer_limit = limit.max(1024);
         self
     }
 
@@ -653,9 +654,7 @@ impl ClientTlsConfigBuilder {
         }
         Ok(ClientTlsConfig {
             rustls: Arc::new(config),
-            handshake_timeout: self.handshake_timeout,
-            close_timeout: self.close_timeout,
-            buffer_limit: self.buffer_limit,
+            limits: self.limits,
         })
     }
 }

@@ -20,7 +20,7 @@ use torsion_reactor::{
     PeerCredentials, Producer, Protocol, Reactor, SharedFactory, Transport, TransportHandle,
 };
 
-use super::config::{ClientTlsConfig, ServerTlsConfig};
+use super::config::{ClientTlsConfig, ServerTlsConfig, TlsLimits};
 use super::error::TlsError;
 
 /// Plaintext collected beyond this many bytes is encrypted at once rather than at the end of
@@ -483,13 +483,6 @@ enum Inner {
     Deferred(Rc<RefCell<Box<dyn ClientFactory>>>),
 }
 
-/// The timeouts and bounds a [`TlsProtocol`] takes from its configuration.
-struct Limits {
-    handshake_timeout: Duration,
-    close_timeout: Duration,
-    buffer_limit: usize,
-}
-
 /// A protocol wrapper that speaks TLS on a stream transport and runs the inner protocol on the
 /// plaintext.
 ///
@@ -538,9 +531,7 @@ pub struct TlsProtocol {
     made: bool,
     half_close: bool,
     clean_eof: bool,
-    handshake_timeout: Duration,
-    close_timeout: Duration,
-    buffer_limit: usize,
+    limits: TlsLimits,
     deadline: Option<DelayedCall>,
     outcome: Option<OutcomeSlot>,
     on_handshake: Option<HandshakeCallback>,
@@ -553,7 +544,7 @@ impl TlsProtocol {
         conn: Result<Connection, TlsError>,
         client_name: Option<String>,
         inner: Inner,
-        limits: Limits,
+        limits: TlsLimits,
     ) -> Self {
         TlsProtocol {
             conn: Some(conn),
@@ -563,9 +554,7 @@ impl TlsProtocol {
             made: false,
             half_close: false,
             clean_eof: false,
-            handshake_timeout: limits.handshake_timeout,
-            close_timeout: limits.close_timeout,
-            buffer_limit: limits.buffer_limit,
+            limits,
             deadline: None,
             outcome: None,
             on_handshake: None,
@@ -583,16 +572,7 @@ impl TlsProtocol {
         let conn = rustls::ServerConnection::new(config.rustls.clone())
             .map(Connection::from)
             .map_err(TlsError::Rustls);
-        Self::new(
-            conn,
-            None,
-            Inner::Ready(inner),
-            Limits {
-                handshake_timeout: config.handshake_timeout,
-                close_timeout: config.close_timeout,
-                buffer_limit: config.buffer_limit,
-            },
-        )
+        Self::new(conn, None, Inner::Ready(inner), config.limits)
     }
 
     /// The client end of TLS around `inner`, verifying the server against `server_name` (a
@@ -630,16 +610,7 @@ impl TlsProtocol {
                     .map(Connection::from)
                     .map_err(TlsError::Rustls)
             });
-        Self::new(
-            conn,
-            Some(name.to_owned()),
-            inner,
-            Limits {
-                handshake_timeout: config.handshake_timeout,
-                close_timeout: config.close_timeout,
-                buffer_limit: config.buffer_limit,
-            },
-        )
+        Self::new(conn, Some(name.to_owned()), inner, config.limits)
     }
 
     /// Runs `callback` with the TLS transport once the handshake completed (opt-in; for a
@@ -739,7 +710,7 @@ impl Protocol for TlsProtocol {
             None => return,
         };
         let mut conn = conn;
-        conn.set_buffer_limit(Some(self.buffer_limit));
+        conn.set_buffer_limit(Some(self.limits.buffer_limit));
         let shared = Rc::new_cyclic(|me| Shared {
             me: me.clone(),
             raw: raw.handle(),
@@ -756,7 +727,7 @@ impl Protocol for TlsProtocol {
                 close_timed_out: false,
             }),
             client_name: self.client_name.take(),
-            close_timeout: self.close_timeout,
+            close_timeout: self.limits.close_timeout,
             in_callback: Cell::new(false),
             flush_scheduled: Cell::new(false),
         });
@@ -767,7 +738,7 @@ impl Protocol for TlsProtocol {
             )
         });
         let weak = Rc::downgrade(&shared);
-        let timeout = self.handshake_timeout;
+        let timeout = self.limits.handshake_timeout;
         self.deadline = Some(raw.reactor().call_later(timeout, move |_| {
             if let Some(s) = weak.upgrade() {
                 s.handshake_timed_out(timeout);
