@@ -20,8 +20,14 @@ use torsion_reactor::{
 
 /// Echo (RFC 862): writes back whatever arrives.
 ///
-/// Back-pressure comes from [`Protocol`]'s defaults: when the client stops reading and the
-/// write buffer passes the high watermark, reading pauses until it drains.
+/// Echo holds no buffer of its own: it sets its write-buffer limits to `(0, 0)`
+/// ([`Transport::set_write_buffer_limits`]), so as soon as the socket does not take a whole
+/// echo, reading pauses (the client is slowed by the kernel's flow control) until the rest
+/// went out, as a read-then-write-all loop behaves. Besides bounding memory per slow client
+/// to one read, this keeps both ends streaming: with the default 64 KiB / 16 KiB watermarks
+/// (reading on while up to 64 KiB wait, resuming at 16 KiB) bulk echo fell far more often
+/// into a stop-and-go rhythm in which client and server sleep in turn (the project's
+/// BENCHMARKS.md has the measurements).
 ///
 /// ```
 /// use torsion_protocols::wire::Echo;
@@ -36,6 +42,11 @@ use torsion_reactor::{
 pub struct Echo;
 
 impl Protocol for Echo {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        // Transports without their own write buffer (none in this crate) keep their limits.
+        let _ = transport.set_write_buffer_limits(0, 0);
+    }
+
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
         transport.write(data);
     }
@@ -195,6 +206,35 @@ mod tests {
         let st = StringTransport::with_options(&mr, Echo, MemoryOptions::chunked(1));
         st.feed(b"hello, world");
         assert_eq!(st.take(), b"hello, world");
+    }
+
+    #[test]
+    fn echo_stops_reading_once_the_client_stops_taking_the_echo() {
+        let mr = MemoryReactor::new();
+        let options = MemoryOptions {
+            chunk_size: 512,
+            capacity: 1024,
+            ..MemoryOptions::default()
+        };
+        let st = StringTransport::with_options(&mr, Echo, options);
+        let data: Vec<u8> = (0..10_000).map(|i| (i % 251) as u8).collect();
+        // The client does not read: two echoes fill the pipe towards it, the third stays in
+        // the write buffer and reading stops; then the pipe towards Echo fills.
+        let accepted = st.feed(&data);
+        assert_eq!(accepted, 3 * 512 + 1024, "Echo stopped reading");
+        assert_eq!(st.transport().buffered(), 512, "one read buffered, no more");
+        // Reading the echo lets it go on; everything comes back in order.
+        let mut echoed = Vec::new();
+        let mut sent = accepted;
+        for _ in 0..1000 {
+            if echoed.len() == data.len() {
+                break;
+            }
+            echoed.extend(st.take());
+            sent += st.feed(&data[sent..]);
+            assert!(st.transport().buffered() <= 512);
+        }
+        assert_eq!(echoed, data);
     }
 
     #[test]

@@ -143,6 +143,9 @@ struct State {
     writes: u64,
     reason: Option<CloseReason>,
     close_timer: Option<DelayedCall>,
+    /// The write-buffer limits: the configured watermarks until the protocol sets its own.
+    high_watermark: usize,
+    low_watermark: usize,
 }
 
 /// A stream connection: one protocol on one [`StreamIo`]; implements [`Transport`].
@@ -196,6 +199,8 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 writes: 0,
                 reason: None,
                 close_timer: None,
+                high_watermark: config.high_watermark,
+                low_watermark: config.low_watermark,
             }),
             protocol: RefCell::new(Some(protocol)),
             in_callback: Cell::new(false),
@@ -215,7 +220,8 @@ impl<IO: StreamIo> StreamConnection<IO> {
         conn
     }
 
-    /// The configuration this connection runs with.
+    /// The configuration this connection was started with. (The protocol may since have
+    /// changed its write-buffer limits with [`Transport::set_write_buffer_limits`].)
     pub fn config(&self) -> &ConnectionConfig {
         &self.config
     }
@@ -456,7 +462,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
             );
             return;
         }
-        let pause = len > self.config.high_watermark && !st.producer_paused;
+        let pause = len > st.high_watermark && !st.producer_paused;
         if pause {
             st.producer_paused = true;
         }
@@ -494,7 +500,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
             return;
         }
         let mut flags = 0;
-        if st.producer_paused && st.wbuf.len() <= self.config.low_watermark {
+        if st.producer_paused && st.wbuf.len() <= st.low_watermark {
             st.producer_paused = false;
             flags |= RESUME;
         }
@@ -639,6 +645,7 @@ impl<IO: StreamIo> Source for StreamConnection<IO> {
         let Some(reactor) = self.reactor.upgrade() else {
             return;
         };
+        let was_paused = self.st.borrow().read_paused;
         if readiness.writable {
             self.flush();
         }
@@ -646,6 +653,12 @@ impl<IO: StreamIo> Source for StreamConnection<IO> {
             self.read_ready(&reactor);
         }
         self.deliver_pending();
+        // The flush above let the protocol resume reading: the peer has almost always sent
+        // more while we were paused, so read it now rather than one poller wait later.
+        if was_paused && !readiness.readable && !self.st.borrow().read_paused {
+            self.read_ready(&reactor);
+            self.deliver_pending();
+        }
         self.update_interest();
     }
 }
@@ -781,6 +794,33 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     fn resume_reading(&self) {
         self.st.borrow_mut().read_paused = false;
         self.update_interest();
+    }
+
+    fn set_write_buffer_limits(&self, high: usize, low: usize) -> io::Result<()> {
+        if low > high {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("low watermark {low} is above high watermark {high}"),
+            ));
+        }
+        let mut st = self.st.borrow_mut();
+        st.high_watermark = high;
+        st.low_watermark = low;
+        let len = st.wbuf.len();
+        let flag = if !st.producer_paused && len > high {
+            st.producer_paused = true;
+            PAUSE
+        } else if st.producer_paused && len <= low {
+            st.producer_paused = false;
+            RESUME
+        } else {
+            0
+        };
+        drop(st);
+        if flag != 0 {
+            self.add_pending(flag);
+        }
+        Ok(())
     }
 
     fn set_no_delay(&self, on: bool) -> io::Result<()> {

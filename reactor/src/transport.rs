@@ -114,6 +114,20 @@ pub trait Transport {
     /// Resumes reading after [`pause_reading`](Transport::pause_reading).
     fn resume_reading(&self);
 
+    /// Sets this connection's write-buffer limits (asyncio's `set_write_buffer_limits`): the
+    /// protocol and a push producer are paused once more than `high` bytes wait in the write
+    /// buffer and resumed once at most `low` do. They start as the listener's or connector's
+    /// [`ConnectionConfig`](crate::ConnectionConfig) watermarks (64 KiB / 16 KiB). `(0, 0)`
+    /// pauses as soon as the socket does not take a whole write and resumes once everything
+    /// went out: the protocol then holds no buffer of its own beyond one write, as a
+    /// read-then-write-all loop would. Takes effect at once (a pause or resume it causes is
+    /// delivered after the current callback). `InvalidInput` if `low > high`; transports
+    /// without a write buffer of their own return `Unsupported`.
+    fn set_write_buffer_limits(&self, high: usize, low: usize) -> io::Result<()> {
+        let _ = (high, low);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Enables or disables Nagle's algorithm (`TCP_NODELAY`). TCP connections start with
     /// no-delay on. Transports without the option return `Unsupported`.
     fn set_no_delay(&self, _on: bool) -> io::Result<()> {
@@ -189,6 +203,9 @@ impl<T: Transport + ?Sized> Transport for &T {
     }
     fn resume_reading(&self) {
         (**self).resume_reading()
+    }
+    fn set_write_buffer_limits(&self, high: usize, low: usize) -> io::Result<()> {
+        (**self).set_write_buffer_limits(high, low)
     }
     fn set_no_delay(&self, on: bool) -> io::Result<()> {
         (**self).set_no_delay(on)

@@ -480,6 +480,37 @@ fn slow_reader_pauses_the_protocol_and_bounds_the_buffer() {
 }
 
 #[test]
+fn write_buffer_limits_can_be_changed_on_a_live_connection() {
+    let mr = MemoryReactor::new();
+    let (proto, events) = Recorder::echo();
+    let st = StringTransport::connect(&mr, proto);
+    // The pipe towards the test takes PIPE_CAPACITY; 8 KiB more stay buffered, well under
+    // the default 64 KiB high watermark.
+    st.feed(&pattern(PIPE_CAPACITY + 8 * 1024));
+    assert_eq!(st.transport().buffered(), 8 * 1024);
+    assert_eq!(events.borrow().paused, 0);
+
+    let invalid = st.transport().set_write_buffer_limits(1024, 4096);
+    assert_eq!(
+        invalid.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::InvalidInput)
+    );
+    // Lowering the high watermark under what is buffered pauses the protocol at once.
+    st.transport().set_write_buffer_limits(4096, 0).unwrap();
+    mr.run_until_idle();
+    assert_eq!(events.borrow().paused, 1);
+    // It resumes only once the buffer is empty (low watermark 0).
+    let mut echoed = st.take();
+    echoed.extend(st.take());
+    assert_eq!(echoed, pattern(PIPE_CAPACITY + 8 * 1024));
+    assert_eq!(st.transport().buffered(), 0);
+    assert_eq!(events.borrow().resumed, 1);
+    // The new limits stay: a buffer of 5 KiB (over 4 KiB) pauses again.
+    st.feed(&pattern(PIPE_CAPACITY + 5 * 1024));
+    assert_eq!(events.borrow().paused, 2);
+}
+
+#[test]
 fn write_buffer_hard_limit_aborts_a_protocol_that_ignores_pause() {
     let mr = MemoryReactor::new();
     let (mut proto, events) = Recorder::echo();

@@ -87,6 +87,9 @@ impl<H: Hooks> Transport for Hooked<H> {
     fn resume_reading(&self) {
         self.hooks.resume_reading(&*self.inner)
     }
+    fn set_write_buffer_limits(&self, high: usize, low: usize) -> io::Result<()> {
+        self.inner.set_write_buffer_limits(high, low)
+    }
     fn set_no_delay(&self, on: bool) -> io::Result<()> {
         self.inner.set_no_delay(on)
     }

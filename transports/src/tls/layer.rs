@@ -382,6 +382,12 @@ impl Transport for Shared {
         self.raw.resume_reading();
     }
 
+    /// The limits apply to the underlying stream's buffer of ciphertext, which is what
+    /// pauses the protocol (see the module's notes on flow control).
+    fn set_write_buffer_limits(&self, high: usize, low: usize) -> io::Result<()> {
+        self.raw.set_write_buffer_limits(high, low)
+    }
+
     fn set_no_delay(&self, on: bool) -> io::Result<()> {
         self.raw.set_no_delay(on)
     }
