@@ -15,9 +15,17 @@
 //! `pause_producing` aborts that one connection with
 //! [`CloseReason::WriteBufferOverflow`](crate::CloseReason::WriteBufferOverflow).
 //!
-//! Reads are bounded too: one connection gets at most 16 reads of up to 64 KiB (1 MiB) per reactor turn, and
-//! the read buffer is lent by the reactor for the duration of the callback (an idle connection
-//! holds no read buffer; about half a KiB per idle TCP connection in all).
+//! A protocol can change its own connection's watermarks at any time with
+//! [`set_write_buffer_limits`](crate::Transport::set_write_buffer_limits) (asyncio's name).
+//! [`Echo`](crate::protocols::wire::Echo) sets `(0, 0)`: it stops reading as soon as the
+//! socket does not take a whole echo and resumes once everything went out, holding no more
+//! than one read per slow client. When a flush lets a paused protocol resume, the transport
+//! reads at once (the peer has usually sent more meanwhile) instead of waiting for the
+//! poller.
+//!
+//! Reads are bounded too: one connection gets at most 16 reads of up to 64 KiB (1 MiB) per
+//! reactor turn, and the read buffer is lent by the reactor for the duration of the callback
+//! (an idle connection holds no read buffer; about half a KiB per idle TCP connection in all).
 //!
 //! # Closing
 //!
