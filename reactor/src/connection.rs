@@ -473,30 +473,33 @@ impl<IO: StreamIo> StreamConnection<IO> {
         self.update_interest();
     }
 
-    /// Writes out as much of the buffer as the socket takes, then moves the close handshakes on.
-    fn flush(&self) {
-        loop {
-            let mut st = self.st.borrow_mut();
-            if st.wbuf.is_empty() || st.phase == Phase::Closed {
-                break;
-            }
+    /// Writes the buffer to the socket until it is empty or the socket is full.
+    fn write_out(&self, st: &mut State) -> io::Result<()> {
+        while !st.wbuf.is_empty() {
             let result = match self.io.borrow_mut().as_mut() {
                 Some(io) => io.write(st.wbuf.front()),
-                None => break,
+                None => return Ok(()),
             };
             match result {
+                Ok(0) => return Ok(()),
                 Ok(n) => st.wbuf.consume(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    drop(st);
-                    self.fail(e);
-                    return;
-                }
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+
+    /// Writes out as much of the buffer as the socket takes, then moves the close handshakes on.
+    fn flush(&self) {
         let mut st = self.st.borrow_mut();
         if st.phase == Phase::Closed {
+            return;
+        }
+        if let Err(e) = self.write_out(&mut st) {
+            drop(st);
+            self.fail(e);
             return;
         }
         let mut flags = 0;
@@ -675,27 +678,29 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         }
         st.writes += 1;
         if st.wbuf.is_empty() {
-            let result = match self.io.borrow_mut().as_mut() {
-                Some(io) => io.write(data),
-                None => return,
-            };
-            match result {
-                Ok(n) if n == data.len() => return,
-                Ok(n) => st.wbuf.push(&data[n..]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    st.wbuf.push(data)
-                }
-                Err(e) => {
-                    drop(st);
-                    self.fail(e);
-                    return;
+            // Until the socket refuses: after a partial write it often has room again at
+            // once (the peer is reading meanwhile), and waiting for writability instead would
+            // wait until most of the socket buffer drained.
+            let mut sent = 0;
+            loop {
+                let result = match self.io.borrow_mut().as_mut() {
+                    Some(io) => io.write(&data[sent..]),
+                    None => return,
+                };
+                match result {
+                    Ok(n) if sent + n == data.len() => return,
+                    Ok(n) if n > 0 => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        drop(st);
+                        self.fail(e);
+                        return;
+                    }
                 }
             }
+            st.wbuf.push(&data[sent..]);
         } else {
             st.wbuf.push(data);
         }
@@ -741,6 +746,14 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             return;
         }
         st.wbuf.push_vectored(bufs, written);
+        if written > 0 {
+            // Partly taken: the socket may have room again already (see `write`).
+            if let Err(e) = self.write_out(&mut st) {
+                drop(st);
+                self.fail(e);
+                return;
+            }
+        }
         drop(st);
         self.buffered_more();
     }
