@@ -148,6 +148,41 @@ struct State {
     low_watermark: usize,
 }
 
+impl State {
+    /// Applies the watermarks to the buffer's current length: `PAUSE` when it rose above the
+    /// high one, `RESUME` when a paused buffer fell to the low one, else nothing.
+    fn watermark_flag(&mut self) -> u8 {
+        let len = self.wbuf.len();
+        if !self.producer_paused && len > self.high_watermark {
+            self.producer_paused = true;
+            PAUSE
+        } else if self.producer_paused && len <= self.low_watermark {
+            self.producer_paused = false;
+            RESUME
+        } else {
+            0
+        }
+    }
+}
+
+/// Writes `data` until all of it went out or the socket refuses (`WouldBlock`); returns how
+/// much it took. After a partial write the socket often has room again at once (the peer is
+/// reading meanwhile), and waiting for writability instead would wait until most of the
+/// socket buffer drained.
+fn write_until_refused(io: &mut impl StreamIo, data: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < data.len() {
+        match io.write(&data[sent..]) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
 /// A stream connection: one protocol on one [`StreamIo`]; implements [`Transport`].
 ///
 /// Transports create it with [`StreamConnection::start`] and drop their reference; the
@@ -462,30 +497,27 @@ impl<IO: StreamIo> StreamConnection<IO> {
             );
             return;
         }
-        let pause = len > st.high_watermark && !st.producer_paused;
-        if pause {
-            st.producer_paused = true;
-        }
+        let flag = st.watermark_flag();
         drop(st);
-        if pause {
-            self.add_pending(PAUSE);
+        if flag != 0 {
+            self.add_pending(flag);
         }
         self.update_interest();
     }
 
     /// Writes the buffer to the socket until it is empty or the socket is full.
     fn write_out(&self, st: &mut State) -> io::Result<()> {
+        let mut io = self.io.borrow_mut();
+        let Some(io) = io.as_mut() else {
+            return Ok(());
+        };
         while !st.wbuf.is_empty() {
-            let result = match self.io.borrow_mut().as_mut() {
-                Some(io) => io.write(st.wbuf.front()),
-                None => return Ok(()),
-            };
-            match result {
-                Ok(0) => return Ok(()),
-                Ok(n) => st.wbuf.consume(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            let front = st.wbuf.front();
+            let wanted = front.len();
+            let n = write_until_refused(io, front)?;
+            st.wbuf.consume(n);
+            if n < wanted {
+                break;
             }
         }
         Ok(())
@@ -502,11 +534,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
             self.fail(e);
             return;
         }
-        let mut flags = 0;
-        if st.producer_paused && st.wbuf.len() <= st.low_watermark {
-            st.producer_paused = false;
-            flags |= RESUME;
-        }
+        let mut flags = st.watermark_flag();
         if st.wbuf.is_empty() && st.producer == Some(false) {
             flags |= PULL;
         }
@@ -678,29 +706,19 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         }
         st.writes += 1;
         if st.wbuf.is_empty() {
-            // Until the socket refuses: after a partial write it often has room again at
-            // once (the peer is reading meanwhile), and waiting for writability instead would
-            // wait until most of the socket buffer drained.
-            let mut sent = 0;
-            loop {
-                let result = match self.io.borrow_mut().as_mut() {
-                    Some(io) => io.write(&data[sent..]),
-                    None => return,
-                };
-                match result {
-                    Ok(n) if sent + n == data.len() => return,
-                    Ok(n) if n > 0 => sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Ok(_) => break,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        drop(st);
-                        self.fail(e);
-                        return;
-                    }
+            let result = match self.io.borrow_mut().as_mut() {
+                Some(io) => write_until_refused(io, data),
+                None => return,
+            };
+            match result {
+                Ok(n) if n == data.len() => return,
+                Ok(n) => st.wbuf.push(&data[n..]),
+                Err(e) => {
+                    drop(st);
+                    self.fail(e);
+                    return;
                 }
             }
-            st.wbuf.push(&data[sent..]);
         } else {
             st.wbuf.push(data);
         }
@@ -747,7 +765,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         }
         st.wbuf.push_vectored(bufs, written);
         if written > 0 {
-            // Partly taken: the socket may have room again already (see `write`).
+            // Partly taken: the socket may have room again already (`write_until_refused`).
             if let Err(e) = self.write_out(&mut st) {
                 drop(st);
                 self.fail(e);
@@ -819,16 +837,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         let mut st = self.st.borrow_mut();
         st.high_watermark = high;
         st.low_watermark = low;
-        let len = st.wbuf.len();
-        let flag = if !st.producer_paused && len > high {
-            st.producer_paused = true;
-            PAUSE
-        } else if st.producer_paused && len <= low {
-            st.producer_paused = false;
-            RESUME
-        } else {
-            0
-        };
+        let flag = st.watermark_flag();
         drop(st);
         if flag != 0 {
             self.add_pending(flag);
