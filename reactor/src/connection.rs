@@ -120,11 +120,13 @@ enum Phase {
 
 // Protocol callbacks waiting to be delivered, in this order.
 const PAUSE: u8 = 1;
-const RESUME: u8 = 2;
-const READ_LOST: u8 = 4;
-const WRITE_LOST: u8 = 8;
-const PULL: u8 = 16;
-const LOST: u8 = 32;
+/// Pauses only the producer: one registered while the protocol was already told to pause.
+const PAUSE_PRODUCER: u8 = 2;
+const RESUME: u8 = 4;
+const READ_LOST: u8 = 8;
+const WRITE_LOST: u8 = 16;
+const PULL: u8 = 32;
+const LOST: u8 = 64;
 
 struct State {
     wbuf: WriteBuffer,
@@ -347,6 +349,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
                     self.call_producer(|p| p.pause_producing(), true);
                     self.call_protocol(|p, t| p.pause_producing(t));
                 }
+                PAUSE_PRODUCER => self.call_producer(|p| p.pause_producing(), true),
                 RESUME => {
                     self.call_producer(|p| p.resume_producing(), true);
                     self.call_protocol(|p, t| p.resume_producing(t));
@@ -412,18 +415,23 @@ impl<IO: StreamIo> StreamConnection<IO> {
             .reason
             .clone()
             .unwrap_or(CloseReason::Done);
-        if let Some(mut producer) = self.producer.borrow_mut().take() {
+        // Each taken in its own statement: the callbacks may reach this connection again
+        // (`stop_producing` unregistering itself, say), so no borrow may outlive the take.
+        let producer = self.producer.borrow_mut().take();
+        if let Some(mut producer) = producer {
             if let Err(msg) = catch_unwind_message(|| producer.stop_producing()) {
                 tracing::error!(panic = %msg, "producer stop_producing panicked");
             }
         }
-        if let Some(mut protocol) = self.protocol.borrow_mut().take() {
+        let protocol = self.protocol.borrow_mut().take();
+        if let Some(mut protocol) = protocol {
             let r = reason.clone();
             if let Err(msg) = catch_unwind_message(move || protocol.connection_lost(r)) {
                 tracing::error!(peer = %self.peer, panic = %msg, "connection_lost panicked");
             }
         }
-        if let Some(hook) = self.on_lost.borrow_mut().take() {
+        let hook = self.on_lost.borrow_mut().take();
+        if let Some(hook) = hook {
             if let Err(msg) = catch_unwind_message(|| hook(&reason)) {
                 tracing::error!(panic = %msg, "connection-lost hook panicked");
             }
@@ -875,14 +883,12 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         }
         let mut st = self.st.borrow_mut();
         st.producer = Some(streaming);
-        let flag = if streaming {
-            if st.producer_paused {
-                PAUSE
-            } else {
-                0
-            }
-        } else {
-            PULL
+        let flag = match streaming {
+            // A pause still pending reaches the new producer with the protocol's; after it
+            // was delivered, only the producer needs telling.
+            true if st.producer_paused && st.pending & PAUSE == 0 => PAUSE_PRODUCER,
+            true => 0,
+            false => PULL,
         };
         drop(st);
         if flag != 0 {

@@ -1,6 +1,7 @@
 //! The contracts users implement: [`Protocol`], [`Factory`] and [`ClientFactory`].
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
 
@@ -177,6 +178,8 @@ where
 struct SharedInner {
     factory: RefCell<Box<dyn Factory>>,
     ports: Cell<usize>,
+    /// Hooks that came while the factory was busy, in order.
+    deferred: RefCell<VecDeque<Hook>>,
 }
 
 /// A factory shared by several listening ports.
@@ -196,6 +199,7 @@ impl SharedFactory {
             inner: Rc::new(SharedInner {
                 factory: RefCell::new(Box::new(factory)),
                 ports: Cell::new(0),
+                deferred: RefCell::new(VecDeque::new()),
             }),
         }
     }
@@ -207,10 +211,14 @@ impl SharedFactory {
         peer: &Address,
         local: &Address,
     ) -> Result<Option<Box<dyn Protocol>>, String> {
-        let Ok(mut factory) = self.inner.factory.try_borrow_mut() else {
-            return Err("factory re-entered while building a protocol".into());
+        let built = {
+            let Ok(mut factory) = self.inner.factory.try_borrow_mut() else {
+                return Err("factory re-entered while building a protocol".into());
+            };
+            catch_unwind_message(|| factory.build_protocol(peer, local))
         };
-        catch_unwind_message(|| factory.build_protocol(peer, local))
+        self.run_deferred_hooks();
+        built
     }
 
     /// Records that a port started using the factory (runs `start_factory` for the first).
@@ -218,7 +226,7 @@ impl SharedFactory {
         let n = self.inner.ports.get();
         self.inner.ports.set(n + 1);
         if n == 0 {
-            self.call("start_factory", |f| f.start_factory());
+            self.hook(Hook::Start);
         }
     }
 
@@ -230,17 +238,44 @@ impl SharedFactory {
         }
         self.inner.ports.set(n - 1);
         if n == 1 {
-            self.call("stop_factory", |f| f.stop_factory());
+            self.hook(Hook::Stop);
         }
     }
 
-    fn call(&self, what: &str, f: impl FnOnce(&mut dyn Factory)) {
-        if let Ok(mut factory) = self.inner.factory.try_borrow_mut() {
-            if let Err(msg) = catch_unwind_message(|| f(&mut **factory)) {
-                tracing::error!(panic = %msg, "factory {what} panicked");
-            }
+    /// Runs a start/stop hook now, or, when the factory itself caused it (a port stopped or
+    /// started from `build_protocol` or from another hook), as soon as that call returns.
+    fn hook(&self, hook: Hook) {
+        let Ok(mut factory) = self.inner.factory.try_borrow_mut() else {
+            self.inner.deferred.borrow_mut().push_back(hook);
+            return;
+        };
+        let result = catch_unwind_message(|| match hook {
+            Hook::Start => factory.start_factory(),
+            Hook::Stop => factory.stop_factory(),
+        });
+        drop(factory);
+        if let Err(msg) = result {
+            tracing::error!(panic = %msg, ?hook, "factory hook panicked");
+        }
+        self.run_deferred_hooks();
+    }
+
+    fn run_deferred_hooks(&self) {
+        // Only once the factory is free: a hook deferred again would loop here.
+        while self.inner.factory.try_borrow_mut().is_ok() {
+            let Some(hook) = self.inner.deferred.borrow_mut().pop_front() else {
+                return;
+            };
+            self.hook(hook);
         }
     }
+}
+
+/// A factory's start/stop hook.
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    Start,
+    Stop,
 }
 
 impl<F: Factory> From<F> for SharedFactory {

@@ -20,7 +20,8 @@ pub enum CloseReason {
     /// This side called [`abort_connection`](crate::Transport::abort_connection): the write
     /// buffer was discarded and the peer was sent a reset.
     Aborted,
-    /// The peer actively refused the connection (nothing listens at that address).
+    /// The peer actively refused the connection: nothing listens at that address, or (Unix
+    /// sockets) the server's accept queue is full.
     ConnectRefused,
     /// The connection attempt did not complete within its timeout.
     ConnectTimedOut,

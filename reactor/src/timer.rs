@@ -201,7 +201,7 @@ impl DelayedCall {
     pub fn reset(&self, delay: Duration) {
         if let Some(inner) = self.reactor.upgrade() {
             if self.active() {
-                let deadline = inner.clock.now() + delay;
+                let deadline = inner.clock.now().saturating_add(delay);
                 inner.timers.borrow_mut().reschedule(&self.entry, deadline);
             }
         }
@@ -211,7 +211,7 @@ impl DelayedCall {
     pub fn delay(&self, extra: Duration) {
         if let Some(inner) = self.reactor.upgrade() {
             if self.active() {
-                let deadline = self.entry.deadline.get() + extra;
+                let deadline = self.entry.deadline.get().saturating_add(extra);
                 inner.timers.borrow_mut().reschedule(&self.entry, deadline);
             }
         }

@@ -704,7 +704,7 @@ fn push_producer_is_paused_above_the_high_watermark_and_resumed_below_the_low() 
 #[test]
 fn registering_a_producer_on_a_paused_transport_pauses_it() {
     let mr = MemoryReactor::new();
-    let (proto, _events) = Recorder::new();
+    let (proto, events) = Recorder::new();
     let st = StringTransport::connect(&mr, proto);
     st.transport().write(&pattern(PIPE_CAPACITY + 100 * 1024));
     mr.run_until_idle();
@@ -722,14 +722,59 @@ fn registering_a_producer_on_a_paused_transport_pauses_it() {
         paused.get(),
         "told to pause: the buffer is above the high watermark"
     );
+    assert_eq!(
+        events.borrow().paused,
+        1,
+        "the protocol, paused before, is not paused a second time"
+    );
     st.take();
     assert!(!paused.get());
+    assert_eq!(events.borrow().resumed, 1);
     st.transport().unregister_producer();
     st.reset();
     assert_eq!(
         log.borrow().stopped,
         0,
         "unregistered producers are not stopped"
+    );
+}
+
+/// A producer that unregisters itself when stopped (cleanup code often does).
+struct SelfUnregistering {
+    transport: TransportHandle,
+    stopped: Rc<Cell<bool>>,
+}
+
+impl Producer for SelfUnregistering {
+    fn resume_producing(&mut self) {}
+
+    fn stop_producing(&mut self) {
+        self.transport.unregister_producer();
+        self.stopped.set(true);
+    }
+}
+
+#[test]
+fn a_producer_may_unregister_itself_when_stopped() {
+    let mr = MemoryReactor::new();
+    let (proto, events) = Recorder::new();
+    let st = StringTransport::connect(&mr, proto);
+    let stopped = Rc::new(Cell::new(false));
+    st.transport().register_producer(
+        Box::new(SelfUnregistering {
+            transport: st.transport().clone(),
+            stopped: stopped.clone(),
+        }),
+        true,
+    );
+    st.transport().abort_connection();
+    mr.run_until_idle();
+    assert!(stopped.get(), "stop_producing ran to its end");
+    let e = events.borrow();
+    assert!(
+        matches!(e.lost.as_slice(), [CloseReason::Aborted]),
+        "connection_lost once, with the abort: {:?}",
+        e.lost
     );
 }
 

@@ -147,6 +147,23 @@ fn delay_postpones_by_the_given_amount() {
 }
 
 #[test]
+fn huge_delays_saturate_instead_of_overflowing() {
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let call = mr
+        .reactor()
+        .call_later(Duration::MAX, log.recorder("never"));
+    call.delay(secs(1));
+    call.reset(Duration::MAX);
+    mr.advance(secs(3600));
+    assert!(call.active(), "still waiting, for practically ever");
+    assert!(log.names().is_empty());
+    call.reset(secs(1));
+    mr.advance(secs(1));
+    assert_eq!(log.names(), vec!["never"], "and a later reset still works");
+}
+
+#[test]
 fn remaining_counts_down_and_is_none_once_inactive() {
     let mr = MemoryReactor::new();
     let call = mr.reactor().call_later(secs(5), |_| {});

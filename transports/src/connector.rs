@@ -265,6 +265,18 @@ impl ConnectorInner {
         }
         match socket.connect(addr) {
             Ok(()) => Ok(socket),
+            // A Unix socket connects (or fails) at once; EAGAIN means the server's accept
+            // queue is full, and the socket stays unconnected (waiting on it would spin on
+            // its hang-up until the timeout). Like a TCP server refusing: try the next address.
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    && matches!(self.target, Target::Unix(_)) =>
+            {
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "the server's accept queue is full (EAGAIN)",
+                ))
+            }
             Err(e)
                 if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error())
                     || e.kind() == io::ErrorKind::WouldBlock =>

@@ -107,7 +107,9 @@ pub trait ReactorExt {
         factory: impl Into<SharedFactory>,
     ) -> Result<ListeningPort>;
 
-    /// Connects to a Unix socket path.
+    /// Connects to a Unix socket path. A server whose accept queue is full fails the attempt
+    /// at once with [`CloseReason::ConnectRefused`](torsion_reactor::CloseReason::ConnectRefused)
+    /// (the kernel answers `EAGAIN`; there is nothing to wait for).
     fn connect_unix(&self, path: impl AsRef<Path>, factory: impl ClientFactory) -> Connector;
 
     /// Connects to a Linux abstract socket name.

@@ -404,6 +404,49 @@ fn stop_listening_refuses_new_connections_and_keeps_open_ones() {
     assert_eq!(port.connection_count(), 0);
 }
 
+/// Serves one connection, then stops its own port from `build_protocol`.
+struct OneShot {
+    port: Rc<RefCell<Option<ListeningPort>>>,
+    stops: Rc<Cell<usize>>,
+    rec: Shared,
+}
+
+impl Factory for OneShot {
+    fn build_protocol(&mut self, _peer: &Address, _local: &Address) -> Option<Box<dyn Protocol>> {
+        if let Some(port) = self.port.borrow_mut().take() {
+            port.stop_listening();
+        }
+        Some(Box::new(Recorder::echo(&self.rec)))
+    }
+    fn stop_factory(&mut self) {
+        self.stops.set(self.stops.get() + 1);
+    }
+}
+
+#[test]
+fn a_port_stopped_from_build_protocol_still_runs_stop_factory() {
+    let _serial = serial();
+    let reactor = Reactor::new().unwrap();
+    let (slot, stops, server) = (Rc::new(RefCell::new(None)), Rc::new(Cell::new(0)), record());
+    let port = reactor
+        .listen_tcp(
+            "127.0.0.1:0",
+            OneShot {
+                port: slot.clone(),
+                stops: stops.clone(),
+                rec: server.clone(),
+            },
+        )
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    *slot.borrow_mut() = Some(port.clone());
+    let _client = std_connect(addr);
+    let s = server.clone();
+    run_until(&reactor, "the connection", move || s.borrow().made);
+    assert!(!port.is_listening());
+    assert_eq!(stops.get(), 1, "stop_factory ran once the build returned");
+}
+
 /// What [`EarlyBytes`] saw.
 #[derive(Default)]
 struct EarlySeen {

@@ -317,3 +317,51 @@ fn echo_to_a_client_that_does_not_read_buffers_at_most_one_read_past_the_waterma
         config.high_watermark
     );
 }
+
+#[test]
+fn connecting_to_a_full_accept_queue_is_refused_at_once_without_spinning() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.sock");
+    let addr = SockAddr::unix(&path).unwrap();
+    let busy = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    busy.bind(&addr).unwrap();
+    busy.listen(0).unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None).unwrap();
+        if s.connect(&addr).is_err() {
+            break; // EAGAIN: the queue is full
+        }
+        queued.push(s);
+    }
+
+    let reactor = Reactor::new().unwrap();
+    let log = Log::default();
+    let _connector = reactor.connect_unix(
+        &path,
+        SenderFactory {
+            log: log.clone(),
+            msg: b"hello".to_vec(),
+        },
+    );
+    let started = Instant::now();
+    let l = log.clone();
+    run_until(&reactor, "the attempt to fail", move || {
+        l.borrow().failed.is_some()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the failure must come at once, not at the connect timeout"
+    );
+    let log = log.borrow();
+    assert!(
+        matches!(log.failed, Some(CloseReason::ConnectRefused)),
+        "expected ConnectRefused, got {:?}",
+        log.failed
+    );
+    assert!(!log.made);
+    drop(queued);
+}
