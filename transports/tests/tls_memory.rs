@@ -414,6 +414,73 @@ fn eof_without_close_notify_is_truncation() {
     assert!(matches!(err, TlsError::Truncated), "{err}");
 }
 
+/// Closes (or aborts) in `connection_made` and records any data it is still given.
+struct CloseAtOnce {
+    abort: bool,
+    log: Shared,
+}
+
+impl Protocol for CloseAtOnce {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        self.log.borrow_mut().made = true;
+        if self.abort {
+            t.abort_connection();
+        } else {
+            t.lose_connection();
+        }
+    }
+    fn data_received(&mut self, _: &mut dyn Transport, data: &[u8]) {
+        self.log.borrow_mut().data.extend_from_slice(data);
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.log.borrow_mut().lost = Some(reason);
+    }
+}
+
+/// The client's first data arrives in the same read as its Finished: a server protocol that
+/// closed or aborted in `connection_made` must not be given it (as on TCP).
+fn no_data_after_closing_in_connection_made(abort: bool) {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let (cl, sl) = (log(), log());
+    let _pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(
+            Rec::greeting(&cl, b"hello from the client", usize::MAX),
+            &client_config(&c),
+            "localhost",
+        )
+        .unwrap(),
+        TlsProtocol::server(
+            CloseAtOnce {
+                abort,
+                log: sl.clone(),
+            },
+            &server_config(&c),
+        ),
+        MemoryOptions::default(),
+    );
+    mr.run_until_idle();
+    let server = sl.borrow();
+    assert!(server.made);
+    assert!(
+        server.data.is_empty(),
+        "data reached a closed protocol: {:?}",
+        String::from_utf8_lossy(&server.data)
+    );
+    assert!(server.lost.is_some());
+}
+
+#[test]
+fn no_data_reaches_a_protocol_that_closed_in_connection_made() {
+    no_data_after_closing_in_connection_made(false);
+}
+
+#[test]
+fn no_data_reaches_a_protocol_that_aborted_in_connection_made() {
+    no_data_after_closing_in_connection_made(true);
+}
+
 #[test]
 fn abort_resets_without_close_notify() {
     let (_d, c) = certs(&[]);

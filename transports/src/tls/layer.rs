@@ -135,6 +135,8 @@ struct St {
     close_timer: Option<DelayedCall>,
     /// The TLS close timeout ended the connection (reported as a clean close).
     close_timed_out: bool,
+    /// The close timer last found our data still in the stream's buffer.
+    close_draining: bool,
 }
 
 /// The TLS transport: what the inner protocol writes through, shared with its handles.
@@ -246,19 +248,31 @@ impl Shared {
         }
         if full {
             self.raw.lose_connection();
-            self.arm_close_timer();
+            self.start_close_timer();
         } else if first {
             self.raw.lose_write_connection();
         }
     }
 
-    /// Arms (or re-arms) the TLS close timeout.
-    fn arm_close_timer(&self) {
+    /// Starts the TLS close timeout, counted from when everything we wrote has left the
+    /// stream's buffer (see [`close_timer_fired`](Self::close_timer_fired)).
+    fn start_close_timer(&self) {
+        let draining = self.raw.buffered() > 0;
+        self.st.borrow_mut().close_draining = draining;
+        self.arm_close_timer(if draining {
+            self.close_timeout / 10
+        } else {
+            self.close_timeout
+        });
+    }
+
+    /// Arms (or re-arms) the TLS close timer to fire after `after`.
+    fn arm_close_timer(&self, after: Duration) {
         if self.st.borrow().closed {
             return;
         }
         let weak = self.me.clone();
-        let timer = self.raw.reactor().call_later(self.close_timeout, move |_| {
+        let timer = self.raw.reactor().call_later(after, move |_| {
             if let Some(s) = weak.upgrade() {
                 s.close_timer_fired();
             }
@@ -268,20 +282,28 @@ impl Shared {
         }
     }
 
-    /// The TLS close timeout elapsed and the stream is still open: the peer has not answered
-    /// our `close_notify` with its FIN. If everything we wrote has reached the socket, abort
-    /// (reported as a clean close: it was ours); if not, the peer is not even reading, and the
-    /// stream's own close timeout governs; look again one close timeout later.
+    /// The TLS close timer fired and the stream is still open: the peer has not answered our
+    /// `close_notify` with its FIN. The timeout counts from the moment everything we wrote
+    /// reached the socket: while some of it still waits in the stream's buffer (the peer reads
+    /// slowly, and the stream's own close timeout bounds that), look again every tenth of the
+    /// timeout, and once it is out, give the peer the whole timeout. Then abort (reported as a
+    /// clean close: it was ours).
     fn close_timer_fired(&self) {
-        {
+        let draining = {
             let mut st = self.st.borrow_mut();
             st.close_timer = None;
             if st.closed {
                 return;
             }
+            std::mem::replace(&mut st.close_draining, self.raw.buffered() > 0)
+        };
+        if self.st.borrow().close_draining {
+            self.arm_close_timer(self.close_timeout / 10);
+            return;
         }
-        if self.raw.buffered() > 0 {
-            self.arm_close_timer();
+        if draining {
+            // Drained since the last look: the peer has just received our close_notify.
+            self.arm_close_timer(self.close_timeout);
             return;
         }
         tracing::debug!(
@@ -363,6 +385,8 @@ impl Transport for Shared {
     }
 
     fn abort_connection(&self) {
+        // Closed from here on: nothing more is written, encrypted or delivered.
+        self.st.borrow_mut().closed = true;
         self.raw.abort_connection();
     }
 
@@ -660,7 +684,7 @@ impl TlsProtocol {
         shared.flush(); // the alert rustls queued, if any
         shared.raw.lose_connection();
         // A peer that sent garbage need not be waited for longer than one that went silent.
-        shared.arm_close_timer();
+        shared.start_close_timer();
     }
 
     fn established(&mut self, raw: &mut dyn Transport, shared: &Rc<Shared>) {
@@ -731,6 +755,7 @@ impl Protocol for TlsProtocol {
                 failure: None,
                 close_timer: None,
                 close_timed_out: false,
+                close_draining: false,
             }),
             client_name: self.client_name.take(),
             close_timeout: self.limits.close_timeout,
@@ -807,7 +832,13 @@ impl Protocol for TlsProtocol {
         }
         if !self.plain_in.is_empty() {
             let plain = std::mem::take(&mut self.plain_in);
-            if self.made {
+            // As on TCP, nothing reaches a protocol that closed or aborted (possibly in the
+            // `connection_made` just above, with the client's first data in the same read).
+            let closing = {
+                let st = shared.st.borrow();
+                st.closing || st.closed
+            };
+            if self.made && !closing {
                 self.call_inner(&shared, |p, t| p.data_received(t, &plain));
             }
             self.plain_in = plain;
