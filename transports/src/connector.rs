@@ -340,6 +340,8 @@ impl ConnectorInner {
         // Held strongly until the connection ends, so `client_connection_lost` is delivered
         // whether or not the user kept the `Connector`.
         let me = self.me.upgrade().expect("alive");
+        let lost = Rc::new(Cell::new(false));
+        let lost_in_hook = lost.clone();
         let conn = StreamConnection::start(
             reactor,
             SocketIo { reg, kind },
@@ -348,13 +350,15 @@ impl ConnectorInner {
             local,
             self.options.config.clone(),
             Some(Box::new(move |reason: &CloseReason| {
+                lost_in_hook.set(true);
                 *me.state.borrow_mut() = State::Idle;
                 let reason = reason.clone();
                 me.with_factory(|f, conn| f.client_connection_lost(conn, reason));
             })),
         );
-        // Unless it already closed during `connection_made` (then `on_lost` reset the state).
-        if matches!(*self.state.borrow(), State::Idle) && !conn.is_closing() {
+        // Connected until lost, closing included (so `connect` is ignored meanwhile), unless
+        // it was already lost during `connection_made` (then `on_lost` reset the state).
+        if !lost.get() {
             *self.state.borrow_mut() = State::Connected(conn.handle());
         }
     }

@@ -6,7 +6,9 @@
 //! Each readiness event reads up to 64 datagrams before other sources get their turn; the
 //! level-triggered backend reports the socket again if more are waiting, so one busy socket
 //! cannot starve the others. Datagrams are read into the reactor's shared 64 KiB buffer and
-//! handed to the protocol as a slice: nothing is allocated per datagram.
+//! handed to the protocol as a slice: nothing is allocated per datagram. A datagram longer
+//! than that buffer (only a Unix datagram can be) is dropped with a warning, never delivered
+//! cut short.
 //!
 //! Reads use one `recvfrom` per datagram: `recvmmsg` would save system calls, but the safe
 //! socket layer we build on does not offer it and this crate does not call the C library
@@ -485,10 +487,15 @@ impl DatagramSocket {
                 break;
             }
             let result = self.with_socket(|s| {
-                rustix::net::recvfrom(s.as_fd(), &mut buf[..], RecvFlags::empty())
+                // TRUNC: the full length of a datagram longer than the buffer.
+                rustix::net::recvfrom(s.as_fd(), &mut buf[..], RecvFlags::TRUNC)
                     .map_err(io::Error::from)
             });
             match result {
+                Ok((n, full, _)) if full > n => {
+                    // Only Unix datagrams can outgrow the buffer (a UDP payload fits in 64 KiB).
+                    tracing::warn!(local = %self.local, len = full, limit = n, "datagram longer than the read buffer dropped");
+                }
                 Ok((n, _, from)) => {
                     let from = match &self.st.borrow().peer {
                         Some(peer) if from.is_none() => peer.clone(),

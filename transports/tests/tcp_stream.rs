@@ -690,3 +690,67 @@ fn echo_over_ipv6_loopback() {
     assert_lost_once(&crec, "client", |r| matches!(r, CloseReason::Done));
     assert!(outcome.borrow().failed.is_empty());
 }
+
+/// A client that closes as soon as it connects.
+struct QuitAtOnce;
+
+impl Protocol for QuitAtOnce {
+    fn connection_made(&mut self, transport: &mut dyn Transport) {
+        transport.lose_connection();
+    }
+    fn data_received(&mut self, _transport: &mut dyn Transport, _data: &[u8]) {}
+}
+
+/// Counts connections built and lost.
+struct QuitFactory(Rc<RefCell<Outcome>>);
+
+impl ClientFactory for QuitFactory {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        self.0.borrow_mut().built += 1;
+        Some(Box::new(QuitAtOnce))
+    }
+    fn client_connection_failed(&mut self, _connector: &Connector, reason: CloseReason) {
+        self.0.borrow_mut().failed.push(reason);
+    }
+    fn client_connection_lost(&mut self, _connector: &Connector, reason: CloseReason) {
+        self.0.borrow_mut().lost.push(reason);
+    }
+}
+
+/// A connection closing since `connection_made` (waiting for the peer's FIN) still counts as
+/// connected: `connect` is ignored until it is lost, and works again afterwards.
+#[test]
+fn connect_while_the_connection_is_still_closing_is_ignored_until_it_is_lost() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reactor = Reactor::new().unwrap();
+    let outcome = Rc::new(RefCell::new(Outcome::default()));
+    let connector = reactor.connect_tcp("127.0.0.1", port, QuitFactory(outcome.clone()));
+    let o = outcome.clone();
+    run_until(&reactor, "the client to connect", move || {
+        o.borrow().built == 1
+    });
+    let (server_side, _) = listener.accept().unwrap();
+    // Our FIN is out; the server has not answered, so the close waits.
+    connector.connect();
+    run_for(&reactor, Duration::from_millis(200));
+    assert_eq!(
+        outcome.borrow().built,
+        1,
+        "no second connection while closing"
+    );
+    assert!(outcome.borrow().lost.is_empty() && outcome.borrow().failed.is_empty());
+
+    drop(server_side); // the server's FIN ends the first connection
+    let o = outcome.clone();
+    run_until(&reactor, "the first connection to end", move || {
+        !o.borrow().lost.is_empty()
+    });
+    connector.connect();
+    let o = outcome.clone();
+    run_until(&reactor, "the second connection", move || {
+        o.borrow().built == 2
+    });
+    assert!(outcome.borrow().failed.is_empty());
+    drop(listener.accept().unwrap());
+}

@@ -209,6 +209,36 @@ fn round_trip_between_paths() {
 }
 
 #[test]
+fn a_datagram_longer_than_the_read_buffer_is_dropped_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_path = dir.path().join("server.sock");
+    let reactor = Reactor::new().unwrap();
+    let rec = dg_record();
+    let _server = reactor
+        .listen_unix_datagram(&server_path, DgRecorder::new(&rec))
+        .unwrap();
+    let sender = UnixDatagram::unbound().unwrap();
+    let big = pattern(torsion_reactor::READ_BUFFER_SIZE + 1);
+    match sender.send_to(&big, &server_path) {
+        Ok(n) => assert_eq!(n, big.len()),
+        Err(e) => {
+            println!(
+                "skipped: this kernel refuses {} byte datagrams: {e}",
+                big.len()
+            );
+            return;
+        }
+    }
+    sender.send_to(b"small", &server_path).unwrap();
+    let r = rec.clone();
+    run_until(&reactor, "the small datagram", move || received(&r) >= 1);
+    run_for(&reactor, Duration::from_millis(50));
+    let got = &rec.borrow().got;
+    assert_eq!(got.len(), 1, "only the datagram that fits is delivered");
+    assert_eq!(got[0].0, b"small");
+}
+
+#[test]
 fn stale_file_is_replaced_live_one_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stale.sock");
