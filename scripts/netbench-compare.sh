@@ -47,3 +47,7 @@ D="$NB peer tokio-st --udp --port {port}"
 run "udp-s64-tokio-st" "$UDP" "$D" tokio-st --scenario udp -s 64
 run "udp-s1200-tokio-st" "$UDP" "$D" tokio-st --scenario udp -s 1200
 ROUNDS=1 run "idle-tcp-c10000-tokio-st" "$TCP" "$P" tokio-st --scenario idle -c 10000
+# Control: torsion against itself. The spread of these ratios is this run's noise band; a
+# row above closer to 1.0 than that says "parity", not "faster" or "slower".
+run "self-pingpong-tcp-c64" "$TCP" "$TCP" torsion-again --scenario pingpong -c 64
+run "self-bulk-unix-c1" "$UNIX" "$UNIX" torsion-again --scenario bulk --transport unix -c 1
