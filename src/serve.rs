@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Where to listen, as an endpoint description: tcp:PORT[:interface=ADDR][:backlog=N],
     /// tcp6:PORT[:interface=ADDR], unix:PATH[:mode=660],
     /// tls:PORT:certKey=CERT.pem:privateKey=KEY.pem[:interface=ADDR][:caCerts=CA.pem],
-    /// tlsunix:PATH:certKey=..:privateKey=.., and for echo and discard also
+    /// tlsunix:PATH:certKey=..:privateKey=..[:mode=660], and for echo and discard also
     /// udp:PORT[:interface=ADDR], udp6:PORT, unixgram:PATH. Repeatable.
     #[arg(long = "listen", short = 'l', value_name = "ENDPOINT", required = true)]
     listen: Vec<String>,
@@ -73,8 +73,26 @@ pub struct ServeArgs {
     max_conns_per_peer: Option<usize>,
 }
 
-fn factory(args: &ServeArgs) -> SharedFactory {
-    let inner = service_factory(args);
+/// `--idle-timeout SECS` as a duration: a positive number of seconds that fits a `Duration`
+/// and is not below its one-nanosecond resolution; otherwise the one-line reason.
+fn idle_timeout(secs: f64) -> Result<Duration, String> {
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) if secs > 0.0 => Err(format!(
+            "--idle-timeout {secs} is below the resolution of one nanosecond"
+        )),
+        Err(_) if secs.is_finite() && secs > 0.0 => Err(format!(
+            "--idle-timeout {secs:e} is too large (at most {} seconds)",
+            Duration::MAX.as_secs()
+        )),
+        _ => Err(format!(
+            "--idle-timeout must be a positive, finite number of seconds, not {secs}"
+        )),
+    }
+}
+
+fn factory(args: &ServeArgs, idle_timeout: Option<Duration>) -> SharedFactory {
+    let inner = service_factory(args, idle_timeout);
     if args.max_conns.is_none() && args.max_conns_per_peer.is_none() {
         return inner;
     }
@@ -85,14 +103,14 @@ fn factory(args: &ServeArgs) -> SharedFactory {
     ))
 }
 
-fn service_factory(args: &ServeArgs) -> SharedFactory {
+fn service_factory(args: &ServeArgs, idle_timeout: Option<Duration>) -> SharedFactory {
     let quote = &args.quote;
     match args.service {
         Service::FrameEcho => {
             let framing = args.framing;
             let options = FrameEchoOptions {
                 max_length: args.max_length,
-                idle_timeout: args.idle_timeout.map(Duration::from_secs_f64),
+                idle_timeout,
             };
             SharedFactory::new(move |_: &Address| frame_echo(framing, options.clone()))
         }
@@ -128,13 +146,14 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         }
     }
-    if let Some(secs) = args.idle_timeout {
-        if !(secs.is_finite() && secs > 0.0) {
-            eprintln!("torsion: --idle-timeout must be a positive number of seconds");
+    let idle = match args.idle_timeout.map(idle_timeout).transpose() {
+        Ok(idle) => idle,
+        Err(e) => {
+            eprintln!("torsion: {e}");
             return ExitCode::from(2);
         }
-    }
-    match serve(&args, &endpoints) {
+    };
+    match serve(&args, &endpoints, idle) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("torsion: {e}");
@@ -143,12 +162,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn serve(args: &ServeArgs, endpoints: &[ServerEndpoint]) -> torsion::Result<()> {
+fn serve(
+    args: &ServeArgs,
+    endpoints: &[ServerEndpoint],
+    idle_timeout: Option<Duration>,
+) -> torsion::Result<()> {
     let service = args.service;
     let reactor = Reactor::new()?;
     reactor.stop_on_signals()?;
     reactor.set_shutdown_timeout(DRAIN_TIMEOUT);
-    let factory = factory(args);
+    let factory = factory(args, idle_timeout);
     let mut ports = Vec::new();
     let mut datagram_ports = Vec::new();
     for ep in endpoints {

@@ -36,6 +36,71 @@ fn a_bad_endpoint_is_one_line_and_exit_code_2() {
     assert!(stderr.contains("notaport"), "{stderr}");
 }
 
+/// An `--idle-timeout` that is no usable duration (too large for one, rounding to zero, not
+/// positive) is a bad argument: one line, exit code 2, never a panic.
+#[test]
+fn a_bad_idle_timeout_is_one_line_and_exit_code_2() {
+    for secs in ["1e30", "1e-10", "0", "-1", "NaN", "inf"] {
+        let out = Command::new(TORSION)
+            .args([
+                "serve",
+                "frame-echo",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+            ])
+            .arg(format!("--idle-timeout={secs}"))
+            .stdout(Stdio::null())
+            .output()
+            .expect("run torsion");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{secs}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{secs}: {stderr}");
+        assert!(stderr.contains("--idle-timeout"), "{secs}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{secs}: {stderr}");
+    }
+}
+
+/// A huge but representable `--idle-timeout` is accepted and echoes as usual.
+#[test]
+fn a_huge_idle_timeout_serves() {
+    let child = Command::new(TORSION)
+        .args([
+            "serve",
+            "frame-echo",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ])
+        .args(["--idle-timeout", "1e18"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn torsion");
+    let mut server = Server(child);
+    let mut lines = BufReader::new(server.0.stdout.take().expect("stdout")).lines();
+    let line = lines.next().expect("a listening line").expect("utf-8");
+    let port: u16 = line
+        .split_once(" on tcp:")
+        .unwrap_or_else(|| panic!("tcp line: {line}"))
+        .1
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("port");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"hello\r\n").unwrap();
+    let mut buf = [0u8; 7];
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello\r\n");
+    assert!(
+        server.0.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+}
+
 #[test]
 fn certs_create_writes_pem_files_with_private_keys_0600() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -243,17 +243,55 @@ fn parse_port(value: &str) -> std::result::Result<u16, EndpointError> {
         .or_else(|_| err(format!("port '{value}' is not a number from 0 to 65535")))
 }
 
-fn parse_ip(value: &str, v6: bool) -> std::result::Result<IpAddr, EndpointError> {
+/// The endpoint type names used in messages: `kind` is the type being parsed (`tcp`, `tcp6`,
+/// `udp`, `udp6`, `unix`), `shown` the one the user wrote (the same, or `tls`, `ssl`,
+/// `tlsunix` for the TLS endpoints, which are parsed as `tcp`, `tcp6` or `unix`).
+#[derive(Clone, Copy)]
+struct Kinds<'a> {
+    kind: &'a str,
+    shown: &'a str,
+}
+
+impl Kinds<'_> {
+    /// `true` when parsing the transport under a TLS endpoint.
+    fn tls(&self) -> bool {
+        self.kind != self.shown
+    }
+
+    /// The IPv6 flavour of a plain TCP or UDP endpoint (`tcp6` or `udp6`).
+    fn v6(&self) -> &'static str {
+        if self.kind.starts_with("udp") {
+            "udp6"
+        } else {
+            "tcp6"
+        }
+    }
+}
+
+fn parse_ip(value: &str, v6: bool, kinds: Kinds<'_>) -> std::result::Result<IpAddr, EndpointError> {
     let bare = value.trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = bare
         .parse()
         .or_else(|_| err(format!("interface={value} is not an IP address")))?;
+    let shown = kinds.shown;
     if v6 && ip.is_ipv4() {
-        return err(format!("tcp6 needs an IPv6 interface, not {value}"));
+        if kinds.tls() {
+            // Only reached when another interface= was IPv6 (which selects IPv6).
+            return err(format!(
+                "{shown} endpoint has an IPv6 interface and interface={value}: give one interface"
+            ));
+        }
+        return err(format!("{shown} needs an IPv6 interface, not {value}"));
     }
     if !v6 && ip.is_ipv6() {
+        if kinds.tls() {
+            return err(format!(
+                "interface={value} is IPv6: write it in brackets, as in {shown}:PORT:interface=[::1]"
+            ));
+        }
+        let v6 = kinds.v6();
         return err(format!(
-            "interface={value} is IPv6: use tcp6:PORT:interface=..."
+            "interface={value} is IPv6: use {v6}:PORT:interface=..."
         ));
     }
     Ok(ip)
@@ -323,23 +361,35 @@ impl FromStr for ServerEndpoint {
                 } else {
                     "tcp"
                 };
-                let inner = parse_parts(inner_kind, positional, rest)
-                    .map_err(|e| EndpointError(e.0.replace(inner_kind, kind)))?;
+                let kinds = Kinds {
+                    kind: inner_kind,
+                    shown: kind,
+                };
+                let inner = parse_parts(kinds, positional, rest)?;
                 Ok(ServerEndpoint::Tls {
                     inner: Box::new(inner),
                     files,
                 })
             }
-            _ => parse_parts(kind, positional, keys),
+            _ => parse_parts(Kinds { kind, shown: kind }, positional, keys),
         }
     }
 }
 
+/// Parses a `tcp`, `tcp6`, `udp`, `udp6`, `unix` or `unixgram` description (also the transport
+/// part of a TLS one, with the TLS keys already taken out); messages name `kinds.shown`.
 fn parse_parts(
-    kind: &str,
+    kinds: Kinds<'_>,
     positional: Vec<String>,
     keys: Vec<(String, String)>,
 ) -> std::result::Result<ServerEndpoint, EndpointError> {
+    let Kinds { kind, shown } = kinds;
+    // The keys a TLS endpoint takes besides those of its transport (already taken out).
+    let tls_keys = if kinds.tls() {
+        ", certKey, privateKey, caCerts"
+    } else {
+        ""
+    };
     {
         match kind {
             "tcp" | "tcp6" | "udp" | "udp6" => {
@@ -347,10 +397,17 @@ fn parse_parts(
                 let datagram = kind.starts_with("udp");
                 let mut port = positional.first().cloned();
                 if positional.len() > 1 {
+                    let extra = &positional[1];
+                    if kinds.tls() {
+                        return err(format!(
+                            "unexpected '{extra}' in {shown} endpoint (an IPv6 address needs \
+                             escaped colons or brackets: {shown}:PORT:interface=[::1])"
+                        ));
+                    }
+                    let v6 = kinds.v6();
                     return err(format!(
-                        "unexpected '{}' in {kind} endpoint (an IPv6 address needs tcp6 and \
-                         escaped colons or brackets: tcp6:PORT:interface=[::1])",
-                        positional[1]
+                        "unexpected '{extra}' in {kind} endpoint (an IPv6 address needs {v6} and \
+                         escaped colons or brackets: {v6}:PORT:interface=[::1])"
                     ));
                 }
                 let mut ip: IpAddr = if v6 {
@@ -362,7 +419,7 @@ fn parse_parts(
                 for (k, v) in keys {
                     match k.as_str() {
                         "port" => port = Some(v),
-                        "interface" => ip = parse_ip(&v, v6)?,
+                        "interface" => ip = parse_ip(&v, v6, kinds)?,
                         "backlog" if !datagram => backlog = parse_backlog(&v)?,
                         _ if datagram => {
                             return err(format!(
@@ -371,13 +428,14 @@ fn parse_parts(
                         }
                         _ => {
                             return err(format!(
-                                "unknown option '{k}' for {kind} (known: port, interface, backlog)"
+                                "unknown option '{k}' for {shown} \
+                                 (known: port, interface, backlog{tls_keys})"
                             ))
                         }
                     }
                 }
                 let Some(port) = port else {
-                    return err(format!("{kind} endpoint needs a port, as in {kind}:8000"));
+                    return err(format!("{shown} endpoint needs a port, as in {shown}:8000"));
                 };
                 let port = parse_port(&port)?;
                 let addr = SocketAddr::new(ip, port);
@@ -402,7 +460,7 @@ fn parse_parts(
                 let mut path = positional.first().cloned();
                 if positional.len() > 1 {
                     return err(format!(
-                        "unexpected '{}' in unix endpoint (escape colons in paths as \\:)",
+                        "unexpected '{}' in {shown} endpoint (escape colons in paths as \\:)",
                         positional[1]
                     ));
                 }
@@ -420,7 +478,8 @@ fn parse_parts(
                         "lockfile" => {}
                         _ => {
                             return err(format!(
-                                "unknown option '{k}' for unix (known: address, mode, backlog)"
+                                "unknown option '{k}' for {shown} \
+                                 (known: address, mode, backlog{tls_keys})"
                             ))
                         }
                     }
@@ -431,7 +490,9 @@ fn parse_parts(
                         mode,
                         backlog,
                     }),
-                    _ => err("unix endpoint needs a path, as in unix:/tmp/echo.sock"),
+                    _ => err(format!(
+                        "{shown} endpoint needs a path, as in {shown}:/tmp/echo.sock"
+                    )),
                 }
             }
             "" => err("empty endpoint description; try tcp:8000"),
@@ -571,9 +632,20 @@ impl ServerEndpoint {
                             ..TcpListenOptions::default()
                         },
                     ),
-                    ServerEndpoint::Unix { path, .. } => {
-                        reactor.listen_tls_unix(path, &config, factory)
-                    }
+                    ServerEndpoint::Unix {
+                        path,
+                        mode,
+                        backlog,
+                    } => reactor.listen_tls_unix_with(
+                        path,
+                        &config,
+                        factory,
+                        UnixListenOptions {
+                            backlog: *backlog,
+                            mode: *mode,
+                            ..UnixListenOptions::default()
+                        },
+                    ),
                     other => Err(Error::InvalidAddress(format!(
                         "TLS cannot run over {other}"
                     ))),
@@ -1291,6 +1363,39 @@ mod tests {
         assert!(e("tcp:80:backlog=-1").contains("backlog"));
         assert!(e("tlsunix:@n:certKey=c:privateKey=k").contains("abstract"));
         assert!(e("http:80").contains("known: tcp"));
+    }
+
+    /// TLS errors name the endpoint the user wrote, and leave the user's values alone.
+    #[test]
+    fn tls_errors_name_the_tls_endpoint() {
+        let e = |d: &str| d.parse::<ServerEndpoint>().unwrap_err().to_string();
+        let m = e("tls:443:interface=::1:certKey=c:privateKey=k");
+        assert!(!m.contains("tls6") && !m.contains("tcp6"), "{m}");
+        assert!(m.contains("tls:PORT:interface=[::1]"), "{m}");
+        let m = e("tls:tcp1:certKey=c:privateKey=k");
+        assert!(m.contains("port 'tcp1' is not a number"), "{m}");
+        let m = e("ssl:1:tcp:certKey=c:privateKey=k");
+        assert!(m.contains("unexpected 'tcp' in ssl endpoint"), "{m}");
+        let m = e("tls:1:tcpish=1:certKey=c:privateKey=k");
+        assert!(m.contains("unknown option 'tcpish' for tls"), "{m}");
+        assert!(m.contains("certKey"), "{m}");
+        let m = e("tlsunix:/a:unixy=1:certKey=c:privateKey=k");
+        assert!(m.contains("unknown option 'unixy' for tlsunix"), "{m}");
+        let m = e("tlsunix:certKey=c:privateKey=k");
+        assert!(m.contains("tlsunix endpoint needs a path"), "{m}");
+        let m = e("tls:certKey=c:privateKey=k");
+        assert!(m.contains("tls endpoint needs a port"), "{m}");
+        for m in [
+            e("tls:443:interface=::1:certKey=c:privateKey=k"),
+            e("tls:1:interface=[::1]:interface=127.0.0.1:certKey=c:privateKey=k"),
+        ] {
+            assert!(!m.contains('\n'), "{m}");
+        }
+        // The plain endpoints keep their own names (udp's IPv6 flavour is udp6).
+        assert!(e("tcp:80:interface=::1").contains("tcp6:PORT"));
+        assert!(e("udp:80:interface=::1").contains("udp6:PORT"));
+        assert!(e("udp:80:interface=[::1]").contains("use udp6"));
+        assert!(e("udp6:80:interface=1.2.3.4").contains("udp6 needs an IPv6"));
     }
 
     #[test]

@@ -93,6 +93,55 @@ fn unix_echo_over_tls() {
     assert_eq!(log.borrow().data, b"over a unix socket");
 }
 
+/// A `tlsunix` endpoint applies `mode=` to its socket file (as `unix` does) and serves TLS.
+#[test]
+fn tlsunix_endpoint_applies_its_file_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    use torsion_transports::ServerEndpoint;
+
+    let (d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let path = d.path().join("mode.sock");
+    let desc = format!(
+        "tlsunix:{}:certKey={}:privateKey={}:mode=600:backlog=7",
+        path.display(),
+        c.server_cert.display(),
+        c.server_key.display()
+    );
+    let endpoint = ServerEndpoint::parse(&desc).unwrap();
+    let _port = endpoint.listen(&reactor, |_: &Address| Echo).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "socket file mode is {mode:o}");
+
+    let (log, factory) = sender(b"over a 0600 socket");
+    reactor.connect_tls_unix(&path, "localhost", &client_config(&c), factory);
+    let l = log.clone();
+    run_until(&reactor, "TLS unix echo", move || {
+        l.borrow().factory_lost.is_some()
+    });
+    assert_eq!(log.borrow().data, b"over a 0600 socket");
+}
+
+/// `listen_tls_unix_with` applies its options' file mode.
+#[test]
+fn listen_tls_unix_with_applies_the_file_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    use torsion_transports::UnixListenOptions;
+
+    let (d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let path = d.path().join("with.sock");
+    let options = UnixListenOptions {
+        mode: Some(0o640),
+        ..UnixListenOptions::default()
+    };
+    let _port = reactor
+        .listen_tls_unix_with(&path, &server_config(&c), |_: &Address| Echo, options)
+        .unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o640, "socket file mode is {mode:o}");
+}
+
 #[test]
 fn handshake_failure_reaches_client_connection_failed() {
     let (_d, c) = certs(&["other.example"]);

@@ -219,12 +219,24 @@ pub trait TlsReactorExt {
         options: ConnectOptions,
     ) -> Connector;
 
-    /// Listens for TLS connections on a Unix socket path.
+    /// Listens for TLS connections on a Unix socket path (with the default options: the
+    /// umask's file mode, a backlog of 50).
     fn listen_tls_unix(
         &self,
         path: impl AsRef<Path>,
         config: &ServerTlsConfig,
         factory: impl Into<SharedFactory>,
+    ) -> Result<ListeningPort>;
+
+    /// [`listen_tls_unix`](Self::listen_tls_unix) with explicit Unix listen options (file
+    /// mode of the socket file, backlog, connection limits), as
+    /// [`listen_unix_with`](crate::ReactorExt::listen_unix_with).
+    fn listen_tls_unix_with(
+        &self,
+        path: impl AsRef<Path>,
+        config: &ServerTlsConfig,
+        factory: impl Into<SharedFactory>,
+        options: UnixListenOptions,
     ) -> Result<ListeningPort>;
 
     /// Connects to a Unix socket path and speaks TLS, verifying the server against
@@ -305,11 +317,17 @@ impl TlsReactorExt for Reactor {
         config: &ServerTlsConfig,
         factory: impl Into<SharedFactory>,
     ) -> Result<ListeningPort> {
-        self.listen_unix_with(
-            path,
-            server_factory(config, factory.into()),
-            UnixListenOptions::default(),
-        )
+        self.listen_tls_unix_with(path, config, factory, UnixListenOptions::default())
+    }
+
+    fn listen_tls_unix_with(
+        &self,
+        path: impl AsRef<Path>,
+        config: &ServerTlsConfig,
+        factory: impl Into<SharedFactory>,
+        options: UnixListenOptions,
+    ) -> Result<ListeningPort> {
+        self.listen_unix_with(path, server_factory(config, factory.into()), options)
     }
 
     fn connect_tls_unix(
