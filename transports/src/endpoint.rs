@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `tcp` | `tcp:PORT` | `interface=ADDR` (default `0.0.0.0`), `backlog=N` (default 50) |
 //! | `tcp6` | `tcp6:PORT` | `interface=ADDR` (default `::`), `backlog=N` |
-//! | `unix` | `unix:PATH` | `mode=OCTAL` (for example `660`), `backlog=N`; a path starting with `@` is a Linux abstract name |
+//! | `unix` | `unix:PATH` | `mode=OCTAL` (for example `660`), `backlog=N`; a path starting with `@` is a Linux abstract name (no file, so no `mode`) |
 //! | `tls` (or `ssl`) | `tls:PORT:certKey=CERT.pem:privateKey=KEY.pem` | as `tcp`/`tcp6` (an IPv6 `interface` selects IPv6), plus `caCerts=CA.pem` to require client certificates from that CA |
 //! | `tlsunix` | `tlsunix:PATH:certKey=CERT.pem:privateKey=KEY.pem` | TLS over a Unix socket path (not an abstract name); as `unix`, plus `caCerts` |
 //! | `udp` | `udp:PORT` | `interface=ADDR` (default `0.0.0.0`) — a datagram endpoint |
@@ -484,6 +484,13 @@ fn parse_parts(
                         }
                     }
                 }
+                if let (Some(p), Some(m)) = (&path, mode) {
+                    if p.starts_with('@') {
+                        return err(format!(
+                            "mode={m:o} has no meaning for the abstract name '{p}' (it has no file)"
+                        ));
+                    }
+                }
                 match path {
                     Some(p) if !p.is_empty() => Ok(ServerEndpoint::Unix {
                         path: PathBuf::from(p),
@@ -676,7 +683,9 @@ impl ServerEndpoint {
                 };
                 let text = path.to_string_lossy();
                 match text.strip_prefix('@') {
-                    Some(name) => reactor.listen_unix_abstract(name.as_bytes(), factory),
+                    Some(name) => {
+                        reactor.listen_unix_abstract_with(name.as_bytes(), factory, options)
+                    }
                     None => reactor.listen_unix_with(path, factory, options),
                 }
             }
@@ -1362,6 +1371,7 @@ mod tests {
         assert!(e("unix:/a:mode=999").contains("999"));
         assert!(e("tcp:80:backlog=-1").contains("backlog"));
         assert!(e("tlsunix:@n:certKey=c:privateKey=k").contains("abstract"));
+        assert!(e("unix:@n:mode=600").contains("abstract name"));
         assert!(e("http:80").contains("known: tcp"));
     }
 

@@ -107,6 +107,15 @@ pub trait ReactorExt {
         factory: impl Into<SharedFactory>,
     ) -> Result<ListeningPort>;
 
+    /// [`listen_unix_abstract`](Self::listen_unix_abstract) with explicit options (backlog,
+    /// connection limits; an abstract name has no file, so `mode` is ignored).
+    fn listen_unix_abstract_with(
+        &self,
+        name: &[u8],
+        factory: impl Into<SharedFactory>,
+        options: UnixListenOptions,
+    ) -> Result<ListeningPort>;
+
     /// Connects to a Unix socket path. A server whose accept queue is full fails the attempt
     /// at once with [`CloseReason::ConnectRefused`](torsion_reactor::CloseReason::ConnectRefused)
     /// (the kernel answers `EAGAIN`; there is nothing to wait for).
@@ -228,7 +237,16 @@ impl ReactorExt for Reactor {
         name: &[u8],
         factory: impl Into<SharedFactory>,
     ) -> Result<ListeningPort> {
-        unix::listen_abstract(self, name, factory.into(), UnixListenOptions::default())
+        self.listen_unix_abstract_with(name, factory, UnixListenOptions::default())
+    }
+
+    fn listen_unix_abstract_with(
+        &self,
+        name: &[u8],
+        factory: impl Into<SharedFactory>,
+        options: UnixListenOptions,
+    ) -> Result<ListeningPort> {
+        unix::listen_abstract(self, name, factory.into(), options)
     }
 
     fn connect_unix(&self, path: impl AsRef<Path>, factory: impl ClientFactory) -> Connector {
