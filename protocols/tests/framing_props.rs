@@ -496,3 +496,85 @@ fn netstring_edge_cases() {
     );
     assert_eq!(d(b"99999"), vec![]);
 }
+
+/// Every way to split `data` in two.
+fn splits(data: &[u8]) -> impl Iterator<Item = [&[u8]; 2]> {
+    (0..=data.len()).map(move |i| [&data[..i], &data[i..]])
+}
+
+/// A netstring length within a maximum of `usize::MAX` whose frame would not fit in a `usize`
+/// is refused, not an arithmetic overflow (a panic in debug builds, garbage in release).
+#[test]
+fn netstring_length_near_usize_max() {
+    let max = usize::MAX;
+    let too_long = |announced: u64| vec![Ev::Error(FrameError::TooLong { announced, max })];
+    // `LEN:` (21 bytes) + LEN + `,` must stay within `usize::MAX`.
+    let all = format!("{}:", usize::MAX);
+    for pieces in splits(all.as_bytes()) {
+        let got = decode_pieces(Kind::Netstring, max, &pieces);
+        assert_eq!(got, too_long(u64::MAX), "{pieces:?}");
+    }
+    let largest = usize::MAX - 22;
+    let over = format!("{}:", largest + 1);
+    for pieces in splits(over.as_bytes()) {
+        let got = decode_pieces(Kind::Netstring, max, &pieces);
+        assert_eq!(got, too_long(largest as u64 + 1), "{pieces:?}");
+    }
+    // The largest addressable frame is merely incomplete, also as more data arrives.
+    let fits = format!("{largest}:abc");
+    for [a, b] in splits(fits.as_bytes()) {
+        assert_eq!(
+            decode_pieces(Kind::Netstring, max, &[a, b, b"def", b"g"]),
+            vec![]
+        );
+    }
+    // Ordinary netstrings still decode under that maximum.
+    for pieces in splits(b"3:abc,0:,") {
+        assert_eq!(
+            decode_pieces(Kind::Netstring, max, &pieces),
+            vec![Ev::Frame(b"abc".to_vec()), Ev::Frame(vec![])]
+        );
+    }
+}
+
+/// Length prefixes under a maximum of `usize::MAX`: the frame size is computed without
+/// overflow (on 32-bit targets a 4 GiB announcement would otherwise wrap).
+#[test]
+fn prefix_under_usize_max() {
+    for width in [PrefixWidth::Int8, PrefixWidth::Int16, PrefixWidth::Int32] {
+        let kind = Kind::Prefix(width);
+        let huge = vec![0xff; width.bytes()];
+        for [a, b] in splits(&huge) {
+            assert_eq!(
+                decode_pieces(kind, usize::MAX, &[a, b, b"abc", b"d"]),
+                vec![]
+            );
+        }
+        let mut frame = Vec::new();
+        encode_prefixed(width, b"hi", &mut frame).unwrap();
+        for pieces in splits(&frame) {
+            assert_eq!(
+                decode_pieces(kind, usize::MAX, &pieces),
+                vec![Ev::Frame(b"hi".to_vec())]
+            );
+        }
+    }
+}
+
+/// Lines under a maximum of `usize::MAX` (the limit arithmetic saturates).
+#[test]
+fn lines_under_usize_max() {
+    for delimiter in [&b"\r\n"[..], b"\n", b"aab"] {
+        let kind = Kind::Lines(delimiter);
+        let mut data = Vec::new();
+        encode_line(b"one", delimiter, &mut data);
+        encode_line(b"", delimiter, &mut data);
+        data.extend_from_slice(b"unfinished");
+        for [a, b] in splits(&data) {
+            assert_eq!(
+                decode_pieces(kind, usize::MAX, &[a, b, b"more"]),
+                vec![Ev::Frame(b"one".to_vec()), Ev::Frame(vec![])]
+            );
+        }
+    }
+}

@@ -111,6 +111,79 @@ fn idle_timeout_cancelled_on_close() {
     assert!(matches!(*lost.borrow(), Some(CloseReason::Done)));
 }
 
+/// Writes a goodbye and half-closes at once, reading on.
+struct HalfCloser;
+impl Protocol for HalfCloser {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        t.write(b"bye");
+        t.lose_write_connection();
+    }
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    fn half_close(&self) -> bool {
+        true
+    }
+}
+
+/// Our own half-close makes the transport report `is_closing`; the idle timeout must still
+/// bound the reading side (it used to do nothing when it fired, and never fire again).
+#[test]
+fn idle_timeout_fires_on_a_half_closed_connection() {
+    let mr = MemoryReactor::new();
+    let (w, lost) = watch(HalfCloser);
+    let st = StringTransport::connect(&mr, IdleTimeout::new(w, secs(10.0)));
+    mr.run_until_idle();
+    assert_eq!(st.take(), b"bye");
+    assert!(st.fin_received());
+    assert!(st.lost().is_none());
+    // Reads still count as traffic on the half-closed connection.
+    mr.advance(secs(9.0));
+    st.feed(b"more");
+    mr.advance(secs(9.0));
+    assert!(st.lost().is_none());
+    mr.advance(secs(1.0));
+    assert!(st.reset_received(), "aborted");
+    assert!(matches!(*lost.borrow(), Some(CloseReason::TimedOut)));
+}
+
+/// A graceful close that is still flushing to a peer that reads nothing is left to the
+/// transport's close timeout, also when it follows a half-close.
+#[test]
+fn idle_timeout_leaves_a_flushing_graceful_close_alone() {
+    struct BigThenClose {
+        half_close_first: bool,
+    }
+    impl Protocol for BigThenClose {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.write(&[b'x'; 4096]);
+            if self.half_close_first {
+                t.lose_write_connection();
+            }
+            t.lose_connection();
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+        fn half_close(&self) -> bool {
+            true
+        }
+    }
+    for half_close_first in [false, true] {
+        let mr = MemoryReactor::new();
+        let options = MemoryOptions {
+            capacity: 1024,
+            ..MemoryOptions::default()
+        };
+        let close_timeout = options.config.close_timeout;
+        let (w, lost) = watch(BigThenClose { half_close_first });
+        let st = StringTransport::with_options(&mr, IdleTimeout::new(w, secs(5.0)), options);
+        assert!(st.transport().buffered() > 0, "still flushing");
+        mr.advance(close_timeout - secs(1.0));
+        assert!(st.lost().is_none(), "idle timeout cut the close short");
+        assert!(!st.reset_received());
+        mr.advance(secs(1.0));
+        assert!(st.lost().is_some(), "the close timeout bounds it");
+        assert!(!matches!(*lost.borrow(), Some(CloseReason::TimedOut)));
+    }
+}
+
 // --- Deadline ---
 
 #[test]

@@ -115,13 +115,19 @@ impl PrefixParser {
             return Ok(None);
         }
         let len = self.width.read(input);
+        let too_long = || FrameError::TooLong {
+            announced: len,
+            max: self.max,
+        };
         if len > self.max as u64 {
-            return Err(FrameError::TooLong {
-                announced: len,
-                max: self.max,
-            });
+            return Err(too_long());
         }
-        Ok(Some(h + len as usize))
+        // Where `usize` is 32 bits, a 4 GiB announcement under a huge maximum would overflow.
+        let total = usize::try_from(len)
+            .ok()
+            .and_then(|len| h.checked_add(len))
+            .ok_or_else(too_long)?;
+        Ok(Some(total))
     }
 }
 

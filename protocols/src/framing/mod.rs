@@ -209,7 +209,8 @@ pub enum FrameError {
         /// The maximum line length.
         max: usize,
     },
-    /// A length prefix or netstring length over the maximum.
+    /// A length prefix or netstring length over the maximum, or (under a maximum near
+    /// `usize::MAX`) one whose whole frame would not fit in a `usize`.
     TooLong {
         /// The length announced (as much of it as was read before it passed the maximum).
         announced: u64,

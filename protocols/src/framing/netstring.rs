@@ -50,7 +50,8 @@ pub(crate) struct NetstringParser {
 
 /// The parsed `LEN:` header.
 enum Header {
-    /// `(length, header size including the colon)`.
+    /// `(length, header size including the colon)`; their sum plus one (the comma) does not
+    /// overflow.
     Done(usize, usize),
     /// A valid prefix of a header.
     Partial,
@@ -77,7 +78,17 @@ impl NetstringParser {
                         }
                     };
                 }
-                b':' if i > 0 => return Ok(Header::Done(len, i + 1)),
+                // The whole frame (`LEN:`, the data, the comma) must be addressable: with a
+                // maximum near `usize::MAX` a length within it can still overflow the end.
+                b':' if i > 0 => {
+                    return match (i + 2).checked_add(len) {
+                        Some(_) => Ok(Header::Done(len, i + 1)),
+                        None => Err(FrameError::TooLong {
+                            announced: len as u64,
+                            max: self.max,
+                        }),
+                    }
+                }
                 _ if i == 0 => {
                     return Err(FrameError::Malformed(
                         "netstring does not start with a decimal length",
@@ -177,6 +188,9 @@ impl NetstringDecoder {
     }
 
     /// A decoder for netstrings of at most `max_length` bytes.
+    ///
+    /// Any maximum is accepted, `usize::MAX` included: a length within it whose frame (header,
+    /// data and comma) would not fit in a `usize` is refused with [`FrameError::TooLong`].
     pub fn with_max_length(max_length: usize) -> Self {
         NetstringDecoder {
             framer: Framer::new(NetstringParser { max: max_length }),

@@ -14,7 +14,10 @@ use torsion_reactor::{DelayedCall, Transport};
 /// When it fires, the connection is aborted ([`Transport::abort_connection`]: a peer that is
 /// too slow is not owed a graceful close) and [`fired`](Deadline::fired) turns `true`, so the
 /// protocol can report [`CloseReason::TimedOut`](torsion_reactor::CloseReason::TimedOut). A
-/// connection already closing is left alone.
+/// connection already closing ([`Transport::is_closing`]) is left alone: a graceful close is
+/// bounded by the transport's own close timeout. ([`IdleTimeout`](super::IdleTimeout), which
+/// sees the half-closes of the protocol it wraps, still fires on a connection whose writing
+/// side alone was closed: its reading side has no timeout of its own.)
 ///
 /// ```
 /// use std::time::Duration;
@@ -43,6 +46,9 @@ use torsion_reactor::{DelayedCall, Transport};
 pub struct Deadline {
     call: DelayedCall,
     pub(crate) fired: Rc<Cell<bool>>,
+    /// Our side half-closed and no full close was asked for since: a closing transport is
+    /// then not a reason to hold back (`is_closing` does not tell the two apart).
+    half_closed: Rc<Cell<bool>>,
 }
 
 impl Deadline {
@@ -52,15 +58,34 @@ impl Deadline {
         let handle = transport.handle();
         let fired = Rc::new(Cell::new(false));
         let flag = fired.clone();
+        let half_closed = Rc::new(Cell::new(false));
+        let half = half_closed.clone();
         let call = transport.reactor().call_later(timeout, move |_| {
-            if handle.is_closing() {
+            if handle.is_closing() && !half.get() {
                 return;
             }
             flag.set(true);
             tracing::debug!(peer = %handle.peer_address(), ?timeout, "no {what} in time; aborting connection");
             handle.abort_connection();
         });
-        Deadline { call, fired }
+        Deadline {
+            call,
+            fired,
+            half_closed,
+        }
+    }
+
+    /// Our side is half-closing the connection (`lose_write_connection` on an open
+    /// transport): the deadline then still fires although the transport reports
+    /// [`is_closing`](Transport::is_closing).
+    pub(crate) fn half_close_started(&self) {
+        self.half_closed.set(true);
+    }
+
+    /// A full close was asked for (`lose_connection`): a closing connection is left alone
+    /// again, as the close has a timeout of its own.
+    pub(crate) fn full_close_started(&self) {
+        self.half_closed.set(false);
     }
 
     /// The awaited event happened: the deadline will not fire.

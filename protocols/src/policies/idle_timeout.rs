@@ -34,6 +34,16 @@ impl Hooks for IdleHooks {
         self.touch();
         inner.write_vectored(bufs)
     }
+    fn lose_connection(&self, inner: &dyn Transport) {
+        self.deadline.full_close_started();
+        inner.lose_connection()
+    }
+    fn lose_write_connection(&self, inner: &dyn Transport) {
+        if !inner.is_closing() {
+            self.deadline.half_close_started();
+        }
+        inner.lose_write_connection()
+    }
 }
 
 /// Closes a connection that sees no bytes either way for `timeout` (Twisted's
@@ -45,6 +55,14 @@ impl Hooks for IdleHooks {
 /// [`DelayedCall::reset`](torsion_reactor::DelayedCall::reset), which is O(1) (no timer
 /// queue operation). When it fires the connection is aborted: an idle peer is not owed a
 /// graceful close, and a peer that stopped reading would hold a graceful one open.
+///
+/// A half-closed connection (the wrapped protocol called
+/// [`lose_write_connection`](Transport::lose_write_connection)) still times out: nothing else
+/// bounds its reading side, on TCP or TLS. A full close already under way (the wrapped
+/// protocol's [`lose_connection`](Transport::lose_connection), also after a half-close, or
+/// one the transport started on a connection the protocol had not half-closed) is left alone,
+/// as the transport's close timeout bounds it: an idle timeout does not cut short the flush
+/// of a graceful close.
 ///
 /// ```
 /// use std::time::Duration;

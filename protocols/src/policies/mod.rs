@@ -13,8 +13,9 @@
 //! # How wrappers see the connection
 //!
 //! A protocol wrapper hands the inner protocol a transport of its own that wraps the
-//! connection's: writes, `pause_reading`/`resume_reading` and producer registration pass
-//! through the policy, everything else goes straight to the connection. `handle()` on it
+//! connection's: writes, `pause_reading`/`resume_reading`, producer registration and
+//! `lose_connection`/`lose_write_connection` pass through the policy, everything else goes
+//! straight to the connection. `handle()` on it
 //! returns a handle to that wrapper (always the same one, so
 //! [`TransportHandle::same_connection`](torsion_reactor::TransportHandle::same_connection)
 //! works between handles taken inside the wrapper), so a protocol that keeps a handle and

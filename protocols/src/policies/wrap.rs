@@ -20,6 +20,12 @@ pub(crate) trait Hooks: 'static {
     fn write_vectored(&self, inner: &dyn Transport, bufs: &[IoSlice<'_>]) {
         inner.write_vectored(bufs)
     }
+    fn lose_connection(&self, inner: &dyn Transport) {
+        inner.lose_connection()
+    }
+    fn lose_write_connection(&self, inner: &dyn Transport) {
+        inner.lose_write_connection()
+    }
     fn pause_reading(&self, inner: &dyn Transport) {
         inner.pause_reading()
     }
@@ -67,10 +73,10 @@ impl<H: Hooks> Transport for Hooked<H> {
         self.hooks.write_vectored(&*self.inner, bufs)
     }
     fn lose_connection(&self) {
-        self.inner.lose_connection()
+        self.hooks.lose_connection(&*self.inner)
     }
     fn lose_write_connection(&self) {
-        self.inner.lose_write_connection()
+        self.hooks.lose_write_connection(&*self.inner)
     }
     fn abort_connection(&self) {
         self.inner.abort_connection()
