@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 #[cfg(target_os = "linux")]
@@ -112,11 +112,49 @@ pub(crate) struct Inner {
     signals: RefCell<Vec<signal_hook::SigId>>,
 }
 
+/// Reactors in this process that turned SIGINT and SIGTERM into a stop, and the flag that,
+/// once none is left, makes the two signals take their default action again (signal-hook
+/// cannot uninstall its handler, only stop calling an action).
+static SIGNAL_USERS: Mutex<usize> = Mutex::new(0);
+static SIGNAL_DEFAULT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+fn signal_user_arrived() -> Result<()> {
+    let mut users = SIGNAL_USERS.lock().unwrap_or_else(|e| e.into_inner());
+    let flag = match SIGNAL_DEFAULT.get() {
+        Some(flag) => flag.clone(),
+        None => {
+            let flag = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register_conditional_default(sig, flag.clone())
+                    .map_err(|e| Error::io("install the default-action fallback", e))?;
+            }
+            SIGNAL_DEFAULT.get_or_init(|| flag).clone()
+        }
+    };
+    *users += 1;
+    flag.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+fn signal_users_left() {
+    let mut users = SIGNAL_USERS.lock().unwrap_or_else(|e| e.into_inner());
+    *users = users.saturating_sub(1);
+    if *users == 0 {
+        if let Some(flag) = SIGNAL_DEFAULT.get() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.shared.alive.store(false, Ordering::SeqCst);
-        for id in self.signals.get_mut().drain(..) {
-            signal_hook::low_level::unregister(id);
+        let signals: Vec<_> = self.signals.get_mut().drain(..).collect();
+        if !signals.is_empty() {
+            for id in signals {
+                signal_hook::low_level::unregister(id);
+            }
+            signal_users_left();
         }
         // Close every source still registered (connections, ports) so no descriptor leaks when a
         // reactor is dropped without being stopped.
@@ -299,6 +337,8 @@ impl Reactor {
             };
             match turned {
                 Ok(true) => {}
+                // The virtual clock ran out of work: stop as if asked (all three phases).
+                Ok(false) if !before_ran => self.stop(),
                 Ok(false) => break,
                 Err(e) => {
                     inner.in_run.set(false);
@@ -416,22 +456,36 @@ impl Reactor {
 
     /// Turns SIGINT and SIGTERM into a graceful [`stop`](Reactor::stop) (a second signal while
     /// stopping forces the stop). Opt-in: without it the signals keep their default action.
+    ///
+    /// Calling it again on the same reactor changes nothing. Once every reactor that opted in
+    /// is dropped, the signals take their default action again (they end the process).
     pub fn stop_on_signals(&self) -> Result<()> {
+        if !self.inner.signals.borrow().is_empty() {
+            return Ok(());
+        }
         let (rx, tx) = UnixStream::pair().map_err(|e| Error::io("create the signal pipe", e))?;
+        rx.set_nonblocking(true)
+            .map_err(|e| Error::io("set the signal pipe non-blocking", e))?;
+        let reg = Registered::new(self, rx, Interest::READABLE)?;
+        signal_user_arrived()?;
         for (sig, name) in [
             (signal_hook::consts::SIGINT, "SIGINT"),
             (signal_hook::consts::SIGTERM, "SIGTERM"),
         ] {
-            let tx = tx
+            let registered = tx
                 .try_clone()
-                .map_err(|e| Error::io("clone the signal pipe", e))?;
-            let id = signal_hook::low_level::pipe::register(sig, tx)
-                .map_err(|e| Error::io(format!("install the {name} handler"), e))?;
-            self.inner.signals.borrow_mut().push(id);
+                .and_then(|tx| signal_hook::low_level::pipe::register(sig, tx));
+            match registered {
+                Ok(id) => self.inner.signals.borrow_mut().push(id),
+                Err(e) => {
+                    for id in self.inner.signals.borrow_mut().drain(..) {
+                        signal_hook::low_level::unregister(id);
+                    }
+                    signal_users_left();
+                    return Err(Error::io(format!("install the {name} handler"), e));
+                }
+            }
         }
-        rx.set_nonblocking(true)
-            .map_err(|e| Error::io("set the signal pipe non-blocking", e))?;
-        let reg = Registered::new(self, rx, Interest::READABLE)?;
         let source = Rc::new(SignalSource {
             reg,
             reactor: self.downgrade(),

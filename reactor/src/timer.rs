@@ -121,9 +121,13 @@ impl TimerQueue {
                 continue;
             }
             if entry.deadline.get() > top.deadline {
-                // Postponed: re-queue at the new deadline.
+                // Postponed: re-queue at the new deadline, keeping its sequence number (it was
+                // not scheduled anew, so it is due in the same turn as any other timer).
                 let item = self.heap.pop().expect("peeked");
-                self.push(item.entry);
+                self.heap.push(HeapItem {
+                    deadline: item.entry.deadline.get(),
+                    ..item
+                });
                 continue;
             }
             return Some(top.deadline);

@@ -490,6 +490,31 @@ fn call_from_thread_wakes(backend: BackendKind) {
 }
 
 #[test]
+fn run_until_idle_fires_a_postponed_timer_that_is_due() {
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let call = mr.reactor().call_later(secs(10), log.recorder("fired"));
+    call.reset(secs(20)); // pushed back, as an idle timeout does on activity
+    mr.clock().advance(secs(25));
+    mr.run_until_idle();
+    assert_eq!(log.names(), vec!["fired"]);
+}
+
+#[test]
+fn a_virtual_run_that_runs_out_of_work_runs_all_three_shutdown_phases() {
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    mr.reactor()
+        .add_shutdown_trigger(ShutdownPhase::After, log.recorder("after"));
+    mr.reactor()
+        .add_shutdown_trigger(ShutdownPhase::During, log.recorder("during"));
+    mr.reactor()
+        .add_shutdown_trigger(ShutdownPhase::Before, log.recorder("before"));
+    mr.reactor().run().expect("run");
+    assert_eq!(log.names(), vec!["before", "during", "after"]);
+}
+
+#[test]
 fn stop_runs_shutdown_phases_in_order() {
     let reactor = Reactor::new().expect("reactor");
     hard_stop(&reactor);
