@@ -14,7 +14,9 @@ use torsion_protocols::policies::{
 };
 use torsion_protocols::wire::{Chargen, Discard, Echo};
 use torsion_reactor::testing::{MemoryOptions, MemoryReactor, StringTransport};
-use torsion_reactor::{Address, CloseReason, Factory, Protocol, Transport, TransportHandle};
+use torsion_reactor::{
+    Address, CloseReason, Factory, Producer, Protocol, Reactor, Transport, TransportHandle,
+};
 
 /// Records the close reason it is given.
 struct Watch<P> {
@@ -380,6 +382,193 @@ fn throttle_writes_of_a_producer() {
         total.abs_diff(expected) <= 20_000,
         "{total} bytes in 10 s at 50 kB/s (+ burst)"
     );
+}
+
+/// A pull producer writing `left` chunks of 1000 bytes, one per `resume_producing`, logging
+/// its calls; it unregisters itself after its last chunk if `unregister_when_done`.
+struct Puller {
+    h: TransportHandle,
+    name: &'static str,
+    log: Rc<RefCell<Vec<String>>>,
+    left: usize,
+    unregister_when_done: bool,
+}
+
+impl Producer for Puller {
+    fn resume_producing(&mut self) {
+        self.log.borrow_mut().push(format!("{} resume", self.name));
+        if self.left == 0 {
+            return;
+        }
+        self.left -= 1;
+        self.h.write(&[b'x'; 1000]);
+        if self.left == 0 && self.unregister_when_done {
+            self.h.unregister_producer();
+        }
+    }
+    fn stop_producing(&mut self) {
+        self.log.borrow_mut().push(format!("{} stop", self.name));
+    }
+}
+
+/// Registering a second producer stops the first and leaves the second running.
+#[test]
+fn throttle_replacing_a_producer() {
+    struct Replacer(Rc<RefCell<Vec<String>>>);
+    impl Protocol for Replacer {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            let a = Puller {
+                h: t.handle(),
+                name: "A",
+                log: Rc::clone(&self.0),
+                left: 0,
+                unregister_when_done: false,
+            };
+            t.register_producer(Box::new(a), false);
+        }
+        fn data_received(&mut self, t: &mut dyn Transport, _: &[u8]) {
+            let b = Puller {
+                h: t.handle(),
+                name: "B",
+                log: Rc::clone(&self.0),
+                left: 3,
+                unregister_when_done: false,
+            };
+            t.register_producer(Box::new(b), false);
+        }
+    }
+    let log: Rc<RefCell<Vec<String>>> = Rc::default();
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(
+        &mr,
+        Throttled::new(Replacer(Rc::clone(&log)), Bandwidth::write(1_000_000)),
+    );
+    st.feed(b"go");
+    assert_eq!(st.take().len(), 3000, "{:?}", log.borrow());
+    assert_eq!(log.borrow()[..2], ["A resume", "A stop"]);
+    assert!(
+        !log.borrow().contains(&"B stop".to_string()),
+        "{:?}",
+        log.borrow()
+    );
+}
+
+/// A producer may register its successor from inside its own call: the successor takes
+/// over once the call returns, and the predecessor is stopped.
+#[test]
+fn throttle_producer_registering_its_successor() {
+    struct Chain(TransportHandle, Rc<RefCell<Vec<String>>>);
+    impl Producer for Chain {
+        fn resume_producing(&mut self) {
+            self.1.borrow_mut().push("chain resume".into());
+            self.0.write(b"first");
+            let next = Puller {
+                h: self.0.clone(),
+                name: "next",
+                log: Rc::clone(&self.1),
+                left: 1,
+                unregister_when_done: false,
+            };
+            self.0.register_producer(Box::new(next), false);
+        }
+        fn stop_producing(&mut self) {
+            self.1.borrow_mut().push("chain stop".into());
+        }
+    }
+    struct P(Rc<RefCell<Vec<String>>>);
+    impl Protocol for P {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.register_producer(Box::new(Chain(t.handle(), Rc::clone(&self.0))), false);
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let log: Rc<RefCell<Vec<String>>> = Rc::default();
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(
+        &mr,
+        Throttled::new(P(Rc::clone(&log)), Bandwidth::write(1_000_000)),
+    );
+    assert_eq!(st.take().len(), 1005, "{:?}", log.borrow());
+    assert!(st.lost().is_none(), "{:?}", st.lost());
+    assert_eq!(
+        log.borrow()[..3],
+        ["chain resume", "chain stop", "next resume"]
+    );
+}
+
+/// A producer that unregistered itself from inside its own call (the usual way to finish) is
+/// neither asked again nor stopped.
+#[test]
+fn throttle_producer_that_unregistered_itself_is_not_revived() {
+    struct P(Rc<RefCell<Vec<String>>>);
+    impl Protocol for P {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            let a = Puller {
+                h: t.handle(),
+                name: "A",
+                log: Rc::clone(&self.0),
+                left: 3,
+                unregister_when_done: true,
+            };
+            t.register_producer(Box::new(a), false);
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let log: Rc<RefCell<Vec<String>>> = Rc::default();
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(
+        &mr,
+        Throttled::new(P(Rc::clone(&log)), Bandwidth::write(1500)),
+    );
+    for _ in 0..5 {
+        st.take();
+        mr.advance(secs(1.0));
+    }
+    st.feed_eof();
+    assert_eq!(*log.borrow(), ["A resume", "A resume", "A resume"]);
+}
+
+/// A push producer put into debt by its own writes (inside its own call) is paused once the
+/// call returns: the cap holds.
+#[test]
+fn throttle_pauses_a_push_producer_that_overspends_in_its_own_call() {
+    struct Pusher(TransportHandle, Rc<Cell<bool>>);
+    impl Producer for Pusher {
+        fn pause_producing(&mut self) {
+            self.1.set(true);
+        }
+        fn resume_producing(&mut self) {
+            self.1.set(false);
+            self.0.write(&[b'y'; 100]);
+        }
+    }
+    /// Writes 100 bytes every 10 ms while its producer is not paused.
+    fn tick(r: &Reactor, h: TransportHandle, paused: Rc<Cell<bool>>) {
+        if !paused.get() {
+            h.write(&[b'y'; 100]);
+        }
+        let _next = r.call_later(Duration::from_millis(10), move |r| tick(r, h, paused));
+    }
+    struct P;
+    impl Protocol for P {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            let paused = Rc::new(Cell::new(false));
+            let pusher = Pusher(t.handle(), Rc::clone(&paused));
+            t.register_producer(Box::new(pusher), true);
+            tick(&t.reactor(), t.handle(), paused);
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(&mr, Throttled::new(P, Bandwidth::write(1000)));
+    let mut total = st.take().len();
+    for _ in 0..20 {
+        mr.advance(secs(1.0));
+        total += st.take().len();
+    }
+    // 1000 B/s for 20 s plus the first second's burst, plus a write or two per resume.
+    assert!(total <= 23_000, "{total} bytes in 20 s at 1000 B/s");
+    assert!(total >= 18_000, "{total} bytes in 20 s at 1000 B/s");
 }
 
 /// Connections of one factory share its total read budget.

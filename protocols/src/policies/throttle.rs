@@ -150,62 +150,160 @@ enum Dir {
 /// [`ProducerProxy`]) and the throttle.
 #[derive(Default)]
 struct ProducerSlot {
+    /// The real transport; `None` once the connection is lost.
+    transport: RefCell<Option<TransportHandle>>,
+    /// The producer, between its calls.
     producer: RefCell<Option<Box<dyn Producer>>>,
+    /// `Some` while the producer is inside one of its calls (taken out of `producer`
+    /// meanwhile): what becomes of it when the call returns.
+    in_call: RefCell<Option<AfterCall>>,
+    /// It is a push producer.
     streaming: Cell<bool>,
     /// The transport paused it (push producers).
     transport_paused: Cell<bool>,
     /// The throttle holds it back.
     throttled: Cell<bool>,
-    /// A pull producer was asked for more while throttled.
-    pull_pending: Cell<bool>,
+    /// A push producer was last told to pause (a new one produces until told otherwise).
+    told_paused: Cell<bool>,
+}
+
+/// What becomes of a producer when its current call returns, after it (or anything it called)
+/// registered or unregistered a producer during the call.
+enum AfterCall {
+    /// It stays registered.
+    Keep,
+    /// It leaves: stopped if `stop` (it was replaced), dropped if not (it was unregistered);
+    /// `next`, if any, is registered in its place (with its `streaming`).
+    Leave {
+        stop: bool,
+        next: Option<(Box<dyn Producer>, bool)>,
+    },
 }
 
 impl ProducerSlot {
-    fn call(&self, f: impl FnOnce(&mut dyn Producer)) {
-        // Busy means we are inside the producer's own call: it is told at its next call.
-        if let Ok(mut slot) = self.producer.try_borrow_mut() {
-            if let Some(p) = slot.as_mut() {
-                f(&mut **p);
+    fn transport(&self) -> Option<TransportHandle> {
+        self.transport.borrow().clone()
+    }
+
+    /// A producer is registered (in the slot, or inside a call and staying).
+    fn registered(&self) -> bool {
+        self.producer.borrow().is_some() || matches!(*self.in_call.borrow(), Some(AfterCall::Keep))
+    }
+
+    /// Puts `next` (a producer and whether it is a push producer), or nothing, in place of the
+    /// registered producer, which is stopped if `stop` (a replacement) and dropped if not (an
+    /// unregistration). A producer inside one of its calls stays registered until the call
+    /// returns; the change takes effect then (so a producer may register its successor, or
+    /// unregister itself, from inside `resume_producing`).
+    fn replace(self: &Rc<Self>, next: Option<(Box<dyn Producer>, bool)>, stop: bool) {
+        let mut in_call = self.in_call.borrow_mut();
+        if let Some(after) = in_call.as_mut() {
+            let superseded = match after {
+                AfterCall::Keep => {
+                    *after = AfterCall::Leave { stop, next };
+                    None
+                }
+                // Supersedes what was registered earlier in the same call (which never ran).
+                AfterCall::Leave { next: pending, .. } => std::mem::replace(pending, next),
+            };
+            drop(in_call);
+            if let (Some((mut p, _)), true) = (superseded, stop) {
+                p.stop_producing();
             }
+            return;
+        }
+        drop(in_call);
+        // Take the old proxy off the transport without stopping it: replaced there, it would be
+        // stopped, and a proxy stops whatever producer the slot holds.
+        let transport = self.transport();
+        if let Some(t) = &transport {
+            t.unregister_producer();
+        }
+        // Stopped before the new one is in place, so an old producer that unregisters itself
+        // as it stops does not unregister the new one.
+        let old = self.producer.borrow_mut().take();
+        if let (Some(mut old), true) = (old, stop) {
+            old.stop_producing();
+        }
+        let Some((mut producer, streaming)) = next else {
+            return;
+        };
+        let Some(t) = transport else {
+            producer.stop_producing(); // the connection is gone
+            return;
+        };
+        *self.producer.borrow_mut() = Some(producer);
+        self.streaming.set(streaming);
+        self.transport_paused.set(false);
+        self.told_paused.set(false);
+        // A pull producer is handed to the transport when the budget allows (see `throttle`).
+        if streaming || !self.throttled.get() {
+            t.register_producer(Box::new(ProducerProxy(self.clone())), streaming);
+        }
+        self.sync();
+    }
+
+    /// Calls the producer, unless there is none or it is inside a call already (a write it
+    /// makes throttling it, say): [`sync`](Self::sync) catches up once that call returns.
+    fn call(self: &Rc<Self>, f: impl FnOnce(&mut dyn Producer)) {
+        if self.in_call.borrow().is_some() {
+            return;
+        }
+        let Some(mut producer) = self.producer.borrow_mut().take() else {
+            return;
+        };
+        *self.in_call.borrow_mut() = Some(AfterCall::Keep);
+        f(&mut *producer);
+        let after = self.in_call.borrow_mut().take();
+        *self.producer.borrow_mut() = Some(producer);
+        if let Some(AfterCall::Leave { stop, next }) = after {
+            self.replace(next, stop);
+        } else {
+            self.sync();
         }
     }
 
-    fn throttle(self: &Rc<Self>, on: bool, transport: Option<&TransportHandle>) {
-        // (Busy: we are inside the producer's own call, so there is one.)
-        let absent = matches!(self.producer.try_borrow(), Ok(p) if p.is_none());
-        if self.throttled.replace(on) == on || absent {
+    /// Tells a push producer to pause or resume if what it was last told no longer matches
+    /// the throttle and the transport.
+    fn sync(self: &Rc<Self>) {
+        let paused = self.throttled.get() || self.transport_paused.get();
+        if !self.streaming.get()
+            || self.told_paused.get() == paused
+            || self.in_call.borrow().is_some()
+            || self.producer.borrow().is_none()
+        {
+            return;
+        }
+        self.told_paused.set(paused);
+        if paused {
+            self.call(|p| p.pause_producing());
+        } else {
+            self.call(|p| p.resume_producing());
+        }
+    }
+
+    fn throttle(self: &Rc<Self>, on: bool) {
+        if self.throttled.replace(on) == on {
             return;
         }
         if self.streaming.get() {
-            if !self.transport_paused.get() {
-                if on {
-                    self.call(|p| p.pause_producing());
-                } else {
-                    self.call(|p| p.resume_producing());
-                }
-            }
-        } else if let Some(t) = transport {
+            self.sync();
+        } else if let (true, Some(t)) = (self.registered(), self.transport()) {
             // A pull producer that writes nothing when asked is asked again on the next turn;
             // take it off the transport while throttled, and put it back (which asks it for
             // a chunk) when the budget allows.
             if on {
                 t.unregister_producer();
             } else {
-                self.pull_pending.set(false);
                 t.register_producer(Box::new(ProducerProxy(self.clone())), false);
             }
         }
     }
 
-    fn stop(&self) {
-        let producer = self
-            .producer
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut p| p.take());
-        if let Some(mut p) = producer {
-            p.stop_producing();
-        }
+    /// The connection is gone: the producer is stopped.
+    fn stop(self: &Rc<Self>) {
+        self.transport.borrow_mut().take();
+        self.replace(None, true);
     }
 }
 
@@ -213,35 +311,26 @@ struct ProducerProxy(Rc<ProducerSlot>);
 
 impl Producer for ProducerProxy {
     fn pause_producing(&mut self) {
-        let s = &self.0;
-        if !s.transport_paused.replace(true) && !s.throttled.get() {
-            s.call(|p| p.pause_producing());
-        }
+        self.0.transport_paused.set(true);
+        self.0.sync();
     }
 
     fn resume_producing(&mut self) {
         let s = &self.0;
         if s.streaming.get() {
-            if s.transport_paused.replace(false) && !s.throttled.get() {
-                s.call(|p| p.resume_producing());
-            }
-        } else if s.throttled.get() {
-            s.pull_pending.set(true);
-        } else {
+            s.transport_paused.set(false);
+            s.sync();
+        } else if !s.throttled.get() {
             s.call(|p| p.resume_producing());
         }
     }
 
     fn stop_producing(&mut self) {
-        let producer = self.0.producer.borrow_mut().take();
-        if let Some(mut p) = producer {
-            p.stop_producing();
-        }
+        self.0.replace(None, true);
     }
 }
 
 struct ThrottleState {
-    transport: RefCell<Option<TransportHandle>>,
     read: Vec<TokenBucket>,
     write: Vec<TokenBucket>,
     inner_paused: Cell<bool>,
@@ -260,7 +349,7 @@ impl ThrottleState {
         if self.reading_paused.replace(want) == want {
             return;
         }
-        if let Some(t) = self.transport.borrow().as_ref() {
+        if let Some(t) = self.producer.transport() {
             if want {
                 t.pause_reading();
             } else {
@@ -319,8 +408,7 @@ impl ThrottleState {
         );
         self.flag(dir).set(on);
         if dir == Dir::Write {
-            let transport = self.transport.borrow().clone();
-            self.producer.throttle(on, transport.as_ref());
+            self.producer.throttle(on);
         }
         self.apply_reading();
     }
@@ -345,7 +433,6 @@ impl ThrottleState {
                 c.cancel();
             }
         }
-        self.transport.borrow_mut().take();
         self.producer.stop();
     }
 }
@@ -376,36 +463,15 @@ impl Hooks for ThrottleHooks {
 
     fn register_producer(
         &self,
-        inner: &dyn Transport,
+        _inner: &dyn Transport,
         producer: Box<dyn Producer>,
         streaming: bool,
     ) {
-        let slot = &self.0.producer;
-        // Replacing a producer: the transport stops the old proxy, which stops the old one.
-        let old = slot.producer.borrow_mut().replace(producer);
-        if let Some(mut old) = old {
-            old.stop_producing();
-        }
-        slot.streaming.set(streaming);
-        slot.transport_paused.set(false);
-        slot.pull_pending.set(false);
-        if slot.throttled.get() {
-            if streaming {
-                slot.call(|p| p.pause_producing());
-            } else {
-                // Handed to the transport when the budget allows (see `throttle`).
-                return;
-            }
-        }
-        inner.register_producer(Box::new(ProducerProxy(slot.clone())), streaming);
+        self.0.producer.replace(Some((producer, streaming)), true);
     }
 
-    fn unregister_producer(&self, inner: &dyn Transport) {
-        let slot = &self.0.producer;
-        if let Ok(mut p) = slot.producer.try_borrow_mut() {
-            p.take();
-        }
-        inner.unregister_producer();
+    fn unregister_producer(&self, _inner: &dyn Transport) {
+        self.0.producer.replace(None, false);
     }
 }
 
@@ -420,6 +486,9 @@ impl Hooks for ThrottleHooks {
 ///   budget has recovered. Writes themselves are never delayed or dropped, so the cap holds
 ///   for output driven by input or by a producer; a protocol that writes unprompted from
 ///   timers is not slowed.
+/// - **Producers** keep the transport's contract: registering one replaces and stops the
+///   previous one, unregistering removes it without stopping it. A producer may do either
+///   from inside its own calls; the change takes effect when that call returns.
 ///
 /// Caps are token buckets with a one-second burst. The inner protocol's own
 /// `pause_reading`/`resume_reading` calls are honoured alongside the throttle's.
@@ -466,7 +535,6 @@ impl<P: Protocol> Throttled<P> {
         Throttled {
             inner: protocol,
             state: Rc::new(ThrottleState {
-                transport: RefCell::new(None),
                 read,
                 write,
                 inner_paused: Cell::new(false),
@@ -489,7 +557,7 @@ impl<P: Protocol> Throttled<P> {
 impl<P: Protocol> Protocol for Throttled<P> {
     fn connection_made(&mut self, transport: &mut dyn Transport) {
         let handle = transport.handle();
-        *self.state.transport.borrow_mut() = Some(handle.clone());
+        *self.state.producer.transport.borrow_mut() = Some(handle.clone());
         self.hooked = Some(Hooked::new(handle, ThrottleHooks(self.state.clone())));
         let mut t = pick(&self.hooked, transport);
         self.inner.connection_made(&mut t);
