@@ -198,6 +198,8 @@ pub struct StreamConnection<IO: StreamIo> {
     in_callback: Cell<bool>,
     wrap: RefCell<Option<ProtocolWrapper>>,
     producer: RefCell<Option<Box<dyn Producer>>>,
+    /// The producer inside its call was replaced meanwhile: stop it when the call returns.
+    producer_replaced: Cell<bool>,
     peer: Address,
     local: Address,
     config: ConnectionConfig,
@@ -243,6 +245,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
             in_callback: Cell::new(false),
             wrap: RefCell::new(None),
             producer: RefCell::new(None),
+            producer_replaced: Cell::new(false),
             peer,
             local,
             config,
@@ -383,8 +386,15 @@ impl<IO: StreamIo> StreamConnection<IO> {
         let mut slot = self.producer.borrow_mut();
         if slot.is_none() && self.st.borrow().producer.is_some() {
             *slot = Some(producer);
+            drop(slot);
+        } else {
+            // Unregistered during its call (dropped), or replaced (stopped, as on any
+            // replacement).
+            drop(slot);
+            if self.producer_replaced.take() {
+                producer.stop_producing();
+            }
         }
-        drop(slot);
         if let Err(msg) = result {
             tracing::error!(peer = %self.peer, panic = %msg, "producer panicked; aborting this connection");
             self.finish(CloseReason::Panic(msg), true);
@@ -878,8 +888,11 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             return;
         }
         let old = self.producer.borrow_mut().replace(producer);
-        if let Some(mut old) = old {
-            old.stop_producing();
+        match old {
+            Some(mut old) => old.stop_producing(),
+            // Registered, but out of its slot: inside its own call, stopped once that returns.
+            None if self.st.borrow().producer.is_some() => self.producer_replaced.set(true),
+            None => {}
         }
         let mut st = self.st.borrow_mut();
         st.producer = Some(streaming);
@@ -897,6 +910,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn unregister_producer(&self) {
+        self.producer_replaced.set(false);
         self.st.borrow_mut().producer = None;
         self.producer.borrow_mut().take();
     }

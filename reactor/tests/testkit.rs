@@ -778,6 +778,51 @@ fn a_producer_may_unregister_itself_when_stopped() {
     );
 }
 
+/// A pull producer that writes once, then hands over to a successor from inside its call.
+struct HandOver {
+    transport: TransportHandle,
+    log: Rc<RefCell<Vec<&'static str>>>,
+}
+
+impl Producer for HandOver {
+    fn resume_producing(&mut self) {
+        self.log.borrow_mut().push("first resumed");
+        self.transport.write(b"first ");
+        self.transport.register_producer(
+            Box::new(PullProducer {
+                transport: self.transport.clone(),
+                log: Rc::default(),
+                data: Rc::new(b"second".to_vec()),
+                chunk: 6,
+                sent: 0,
+            }),
+            false,
+        );
+    }
+
+    fn stop_producing(&mut self) {
+        self.log.borrow_mut().push("first stopped");
+    }
+}
+
+#[test]
+fn a_producer_replaced_from_inside_its_own_call_is_stopped_once() {
+    let mr = MemoryReactor::new();
+    let (proto, _events) = Recorder::new();
+    let st = StringTransport::connect(&mr, proto);
+    let log = Rc::new(RefCell::new(Vec::new()));
+    st.transport().register_producer(
+        Box::new(HandOver {
+            transport: st.transport().clone(),
+            log: log.clone(),
+        }),
+        false,
+    );
+    mr.run_until_idle();
+    assert_eq!(st.take(), b"first second");
+    assert_eq!(*log.borrow(), vec!["first resumed", "first stopped"]);
+}
+
 #[test]
 fn lose_connection_times_out_when_the_peer_never_sends_fin() {
     let mr = MemoryReactor::new();
