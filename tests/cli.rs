@@ -129,6 +129,29 @@ fn certs_create_writes_pem_files_with_private_keys_0600() {
     }
 }
 
+#[test]
+fn certs_create_refuses_a_name_no_certificate_can_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for bad in ["", "not a name!"] {
+        let out = Command::new(TORSION)
+            .args(["certs", "create", "--dir"])
+            .arg(dir.path())
+            .args(["--host", "localhost", "--host", bad])
+            .output()
+            .expect("run torsion");
+        assert!(!out.status.success(), "'{bad}' accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not a DNS name or an IP address"),
+            "'{bad}': {err}"
+        );
+        assert!(
+            !dir.path().join("server.pem").exists(),
+            "nothing written for '{bad}'"
+        );
+    }
+}
+
 /// Echo client over TLS on a torsion reactor: returns what came back.
 fn tls_echo(port: u16, ca: &std::path::Path, message: &[u8]) -> Vec<u8> {
     struct Client {

@@ -57,7 +57,7 @@ impl fmt::Display for Error {
                         " (another process is listening there; pick another port or stop it)",
                     ),
                     io::ErrorKind::PermissionDenied => {
-                        f.write_str(" (ports below 1024 and some paths need privileges)")
+                        f.write_str(" (ports below 1024 need privileges; files need write access)")
                     }
                     _ => Ok(()),
                 }

@@ -66,12 +66,24 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
 /// For development and tests only: anyone holding `ca.pem`'s key could impersonate any of
 /// these names, and the CA key is not kept.
 pub fn create_dev_certs(dir: &Path, hosts: &[String]) -> Result<DevCerts> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let hosts: Vec<String> = if hosts.is_empty() {
         DEFAULT_DEV_HOSTS.iter().map(|s| s.to_string()).collect()
     } else {
         hosts.to_vec()
     };
+    if let Some(bad) = hosts
+        .iter()
+        .find(|h| rustls_pki_types::ServerName::try_from(h.as_str()).is_err())
+    {
+        return Err(Error::io(
+            format!("make a certificate for '{bad}'"),
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a DNS name or an IP address",
+            ),
+        ));
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
 
     let ca_key = KeyPair::generate().map_err(|e| rcgen_error("CA key", e))?;
     let mut ca_params =
