@@ -85,7 +85,8 @@ pub trait ReactorExt {
         options: ConnectOptions,
     ) -> Connector;
 
-    /// Listens on a Unix socket path (a stale file from a dead server is replaced).
+    /// Listens on a Unix socket path. A stale socket file from a dead server is replaced; any
+    /// other file at the path is left alone and listening fails.
     fn listen_unix(
         &self,
         path: impl AsRef<Path>,
@@ -147,7 +148,8 @@ pub trait ReactorExt {
         protocol: impl DatagramProtocol,
     ) -> Result<DatagramPort>;
 
-    /// Binds a Unix datagram socket on `path` (a stale file from a dead server is replaced).
+    /// Binds a Unix datagram socket on `path`. A stale socket file from a dead server is
+    /// replaced; any other file at the path is left alone and binding fails.
     fn listen_unix_datagram(
         &self,
         path: impl AsRef<Path>,

@@ -4,14 +4,15 @@
 //!
 //! `listen_unix` binds a path. If the path exists and a server answers there, listening fails
 //! with [`Error::AddressInUse`]; if nothing answers (the file was left by a server that died),
-//! the stale file is removed and the bind retried. The port removes its socket file when it
+//! the stale file is removed and the bind retried. A path holding anything but a socket file
+//! is never removed: the bind fails. The port removes its socket file when it
 //! stops listening. An optional file mode (for example `0o660`) is applied after binding.
 //!
 //! On Linux, abstract names (no file; they vanish with the socket) are available through
 //! `listen_unix_abstract` and `connect_unix_abstract`.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -64,6 +65,17 @@ pub(crate) fn bind_path(socket: &Socket, ty: Type, addr: &SockAddr, path: &Path)
     };
     if e.kind() != io::ErrorKind::AddrInUse {
         return Err(Error::io(format!("bind {shown}"), e));
+    }
+    // Only a socket file can be stale: anything else at the path is someone's data.
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return Err(Error::io(
+            format!("bind {shown}"),
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way (not removed)",
+            ),
+        ));
     }
     let live = match Socket::new(Domain::UNIX, ty.nonblocking().cloexec(), None) {
         Ok(probe) => {

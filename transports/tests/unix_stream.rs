@@ -128,6 +128,19 @@ fn a_stale_socket_file_is_replaced() {
 }
 
 #[test]
+fn a_file_that_is_not_a_socket_is_never_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("precious.txt");
+    std::fs::write(&path, b"precious data").unwrap();
+    let reactor = Reactor::new().unwrap();
+    let err = reactor
+        .listen_unix(&path, |_: &Address| Echo)
+        .expect_err("a regular file is in the way");
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious data");
+}
+
+#[test]
 fn a_live_socket_file_is_address_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("live.sock");
