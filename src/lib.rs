@@ -7,24 +7,34 @@
 //!
 //! - [`reactor`] (`torsion-reactor`): the loop, timers, cross-thread calls, the contracts and
 //!   the [`testing`] kit;
-//! - [`transports`] (`torsion-transports`): TCP and Unix sockets, endpoint strings;
-//! - [`protocols`] (`torsion-protocols`): reusable protocols.
+//! - [`transports`] (`torsion-transports`): TCP, TLS (rustls), Unix stream and datagram and
+//!   UDP sockets, endpoint strings;
+//! - [`protocols`] (`torsion-protocols`): reusable protocols: the wire services, framing,
+//!   policies (timeouts, limits, throttling).
 //!
 //! # An echo server
+//!
+//! (The README's example, compiled here.)
 //!
 //! ```no_run
 //! use torsion::prelude::*;
 //!
+//! /// Echo (RFC 862): send back whatever arrives.
 //! struct Echo;
 //!
 //! impl Protocol for Echo {
 //!     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
 //!         transport.write(data);
 //!     }
+//!
+//!     fn connection_lost(&mut self, reason: CloseReason) {
+//!         eprintln!("client left: {reason}");
+//!     }
 //! }
 //!
 //! fn main() -> torsion::Result<()> {
 //!     let reactor = Reactor::new()?;
+//!     reactor.stop_on_signals()?; // Ctrl-C stops gracefully
 //!     reactor.listen_tcp("127.0.0.1:8000", |_peer: &Address| Echo)?;
 //!     reactor.run()
 //! }

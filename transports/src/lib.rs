@@ -1,4 +1,6 @@
-//! torsion's transports: TCP and Unix stream sockets turned into [`Transport`]s.
+//! torsion's transports: TCP and Unix stream sockets turned into [`Transport`]s, TLS over
+//! either ([`tls`]), UDP and Unix datagram sockets, and endpoint strings ([`ServerEndpoint`],
+//! [`ClientEndpoint`]).
 //!
 //! Import [`ReactorExt`] (or `torsion::prelude::*`) and the reactor gains Twisted's entry
 //! points:
