@@ -134,12 +134,17 @@ impl Protocol for ChatClient {
 
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
         self.partial.extend_from_slice(data);
+        // Complete lines first; the check after them also catches an unfinished long one.
         while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            if end > MAX_LINE {
+                break;
+            }
             let line: Vec<u8> = self.partial.drain(..=end).collect();
             self.said(&line);
         }
         if self.partial.len() > MAX_LINE {
             transport.write(format!("line longer than {MAX_LINE} bytes; bye\r\n").as_bytes());
+            self.partial.clear();
             transport.lose_connection();
         }
     }

@@ -4,7 +4,8 @@
 //! cargo run --example line_chat -- 8123
 //! ```
 //!
-//! Then connect a few clients with `nc 127.0.0.1 8123` (or `telnet`). The server asks for a
+//! Then connect a few clients with `nc -C 127.0.0.1 8123` (or `telnet`): lines end in CRLF, as
+//! with Twisted's `LineReceiver`, and `-C` makes `nc` send them. The server asks for a
 //! nickname; after that every line is sent to everyone else as `<nick> line`. Commands:
 //! `/nick NEW` renames, `/who` lists who is here, `/quit` leaves.
 //!
@@ -169,7 +170,7 @@ fn serve(port: u16) -> torsion::Result<()> {
     let factory = ConnectionLimits::new(chat, Some(100), Some(5));
     let listening = reactor.listen_tcp(("127.0.0.1", port), factory)?;
     println!(
-        "chat server on {} (try `nc 127.0.0.1 {port}`; Ctrl-C to stop)",
+        "chat server on {} (try `nc -C 127.0.0.1 {port}`: lines end in CRLF; Ctrl-C to stop)",
         listening.local_address()
     );
     reactor.run()?;

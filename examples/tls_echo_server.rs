@@ -5,13 +5,13 @@
 //! ```
 //!
 //! Without `--cert`/`--key` it makes development certificates in a temporary directory and
-//! prints where `ca.pem` is. Talk to it with the `tls_echo_client` example or
+//! prints where `ca.pem` is (the directory is removed when it stops). Talk to it with the `tls_echo_client` example or
 //! `openssl s_client -connect 127.0.0.1:8443 -CAfile ca.pem`. Ctrl-C stops it. This is also
 //! the server the TLS benchmarks run.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use torsion::prelude::*;
@@ -55,21 +55,29 @@ fn serve(
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
 ) -> torsion::Result<()> {
-    let _tmp;
+    let mut made = None;
     let (cert, key) = match (cert, key) {
         (Some(c), Some(k)) => (c, k),
         _ => {
             let dir = std::env::temp_dir().join(format!("torsion-tls-echo-{}", std::process::id()));
             let certs = tls::create_dev_certs(&dir, &[])?;
             println!(
-                "development certificates in {} (trust ca.pem)",
+                "development certificates in {} (trust ca.pem; removed on exit)",
                 dir.display()
             );
-            _tmp = dir;
+            made = Some(dir);
             (certs.server_cert, certs.server_key)
         }
     };
-    let config = ServerTlsConfig::from_pem_files(&cert, &key, ca.as_deref())?;
+    let result = run(port, &cert, &key, ca.as_deref());
+    if let Some(dir) = made {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn run(port: u16, cert: &Path, key: &Path, ca: Option<&Path>) -> torsion::Result<()> {
+    let config = ServerTlsConfig::from_pem_files(cert, key, ca)?;
     let reactor = Reactor::new()?;
     let listening = reactor.listen_tls(("127.0.0.1", port), &config, |_: &Address| Echo)?;
     println!("TLS echo on {}", listening.local_address());

@@ -51,7 +51,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = torsion::protocols::wire::DEFAULT_QUOTE)]
     quote: String,
 
-    /// frame-echo: the framing (lines, netstring, int8, int16, int32).
+    /// frame-echo: the framing (lines (ending in CRLF), netstring, int8, int16, int32).
     #[arg(long, default_value = "lines")]
     framing: Framing,
 
