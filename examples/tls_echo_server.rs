@@ -4,10 +4,10 @@
 //! cargo run --example tls_echo_server -- --port 8443 --cert server.pem --key server-key.pem
 //! ```
 //!
-//! Without `--cert`/`--key` it makes development certificates in a temporary directory and
-//! prints where `ca.pem` is (the directory is removed when it stops). Talk to it with the `tls_echo_client` example or
-//! `openssl s_client -connect 127.0.0.1:8443 -CAfile ca.pem`. Ctrl-C stops it. This is also
-//! the server the TLS benchmarks run.
+//! Without `--cert`/`--key` it makes development certificates in a temporary directory
+//! (removed when it stops) and prints where `ca.pem` is. Talk to it with the
+//! `tls_echo_client` example or `openssl s_client -connect 127.0.0.1:8443 -CAfile ca.pem`.
+//! Ctrl-C stops it. This is also the server the TLS benchmarks run.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
