@@ -228,16 +228,11 @@ fn peer_credentials_are_ours() {
     assert_eq!(cred.pid, Some(std::process::id() as i32));
 }
 
-#[test]
-fn a_live_server_with_a_full_queue_is_address_in_use_without_blocking() {
+/// A live server at `path` that is too busy to accept: its queue (backlog 0) is full. Returns
+/// the listening socket and the queued clients; dropping them frees the path's server.
+fn full_queue_server(path: &Path) -> (socket2::Socket, Vec<socket2::Socket>) {
     use socket2::{Domain, SockAddr, Socket, Type};
-    use std::sync::mpsc;
-    use std::time::Duration;
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("busy.sock");
-    let addr = SockAddr::unix(&path).unwrap();
-    // A live server that is too busy to accept: its queue (backlog 0) is full.
+    let addr = SockAddr::unix(path).unwrap();
     let busy = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
     busy.bind(&addr).unwrap();
     busy.listen(0).unwrap();
@@ -249,6 +244,17 @@ fn a_live_server_with_a_full_queue_is_address_in_use_without_blocking() {
         }
         queued.push(s);
     }
+    (busy, queued)
+}
+
+#[test]
+fn a_live_server_with_a_full_queue_is_address_in_use_without_blocking() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.sock");
+    let (busy, queued) = full_queue_server(&path);
 
     let (tx, rx) = mpsc::channel();
     let p = path.clone();
@@ -333,23 +339,11 @@ fn echo_to_a_client_that_does_not_read_buffers_at_most_one_read_past_the_waterma
 
 #[test]
 fn connecting_to_a_full_accept_queue_is_refused_at_once_without_spinning() {
-    use socket2::{Domain, SockAddr, Socket, Type};
     use std::time::{Duration, Instant};
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("full.sock");
-    let addr = SockAddr::unix(&path).unwrap();
-    let busy = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
-    busy.bind(&addr).unwrap();
-    busy.listen(0).unwrap();
-    let mut queued = Vec::new();
-    for _ in 0..4 {
-        let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None).unwrap();
-        if s.connect(&addr).is_err() {
-            break; // EAGAIN: the queue is full
-        }
-        queued.push(s);
-    }
+    let (_busy, queued) = full_queue_server(&path);
 
     let reactor = Reactor::new().unwrap();
     let log = Log::default();
