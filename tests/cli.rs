@@ -60,6 +60,19 @@ fn a_bad_idle_timeout_is_one_line_and_exit_code_2() {
     }
 }
 
+/// Sends `message` over TCP to `port` on loopback and reads as many bytes back; returns the
+/// open connection too.
+fn tcp_echo(port: u16, message: &[u8]) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("tcp connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(message).unwrap();
+    let mut back = vec![0u8; message.len()];
+    stream.read_exact(&mut back).unwrap();
+    (stream, back)
+}
+
 /// A huge but representable `--idle-timeout` is accepted and echoes as usual.
 #[test]
 fn a_huge_idle_timeout_serves() {
@@ -87,14 +100,7 @@ fn a_huge_idle_timeout_serves() {
         .unwrap()
         .parse()
         .expect("port");
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("tcp connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream.write_all(b"hello\r\n").unwrap();
-    let mut buf = [0u8; 7];
-    stream.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"hello\r\n");
+    assert_eq!(tcp_echo(port, b"hello\r\n").1, b"hello\r\n");
     assert!(
         server.0.try_wait().expect("wait").is_none(),
         "still running"
@@ -211,14 +217,9 @@ fn serve_echo_on_tcp_udp_and_tls_then_stop_on_sigterm() {
     };
     let (tcp, udp, tls_port) = (port_of("tcp"), port_of("udp"), port_of("tls"));
 
-    let mut stream = TcpStream::connect(("127.0.0.1", tcp)).expect("tcp connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream.write_all(b"over tcp").unwrap();
+    let (mut stream, back) = tcp_echo(tcp, b"over tcp");
+    assert_eq!(back, b"over tcp");
     let mut buf = [0u8; 8];
-    stream.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"over tcp");
 
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
