@@ -37,7 +37,7 @@ use crate::reason::CloseReason;
 use crate::registration::Source;
 use crate::timer::DelayedCall;
 use crate::transport::{
-    Keepalive, PeerCredentials, Producer, ProtocolWrapper, Transport, TransportHandle,
+    HandleTarget, Keepalive, PeerCredentials, Producer, ProtocolWrapper, Transport, TransportHandle,
 };
 
 /// Limits and timeouts of a stream connection. The defaults suit most servers.
@@ -185,6 +185,30 @@ fn write_until_refused(io: &mut impl StreamIo, data: &[u8]) -> io::Result<usize>
     Ok(sent)
 }
 
+/// A call the protocol made between `wrap_protocol` and the swap, replayed through the layer.
+enum Held {
+    Write(Vec<u8>),
+    Lose,
+    LoseWrite,
+}
+
+/// What a layer installed with `wrap_protocol` takes over in `redirect_handles`.
+struct Handover {
+    held: Vec<Held>,
+    handles: Option<TransportHandle>,
+}
+
+/// Replays held calls through `transport`.
+fn replay(transport: &dyn Transport, held: Vec<Held>) {
+    for call in held {
+        match call {
+            Held::Write(data) => transport.write(&data),
+            Held::Lose => transport.lose_connection(),
+            Held::LoseWrite => transport.lose_write_connection(),
+        }
+    }
+}
+
 /// A stream connection: one protocol on one [`StreamIo`]; implements [`Transport`].
 ///
 /// Transports create it with [`StreamConnection::start`] and drop their reference; the
@@ -197,6 +221,15 @@ pub struct StreamConnection<IO: StreamIo> {
     protocol: RefCell<Option<Box<dyn Protocol>>>,
     in_callback: Cell<bool>,
     wrap: RefCell<Option<ProtocolWrapper>>,
+    /// While a swap is pending (`wrap_protocol` called in a callback): what the protocol
+    /// wrote or closed meanwhile, held for the layer.
+    held: RefCell<Option<Vec<Held>>>,
+    /// From the swap until the new layer calls `redirect_handles`: the held calls and the
+    /// handles taken before the swap.
+    handover: RefCell<Option<Handover>>,
+    /// What every handle of this connection shares (so they can follow a layer that takes
+    /// over); dead while no handle lives.
+    handles: RefCell<Weak<HandleTarget>>,
     producer: RefCell<Option<Box<dyn Producer>>>,
     /// The producer inside its call was replaced meanwhile: stop it when the call returns.
     producer_replaced: Cell<bool>,
@@ -244,6 +277,9 @@ impl<IO: StreamIo> StreamConnection<IO> {
             protocol: RefCell::new(Some(protocol)),
             in_callback: Cell::new(false),
             wrap: RefCell::new(None),
+            held: RefCell::new(None),
+            handover: RefCell::new(None),
+            handles: RefCell::new(Weak::new()),
             producer: RefCell::new(None),
             producer_replaced: Cell::new(false),
             peer,
@@ -294,19 +330,44 @@ impl<IO: StreamIo> StreamConnection<IO> {
 
     /// Applies a [`Transport::wrap_protocol`] request between callbacks.
     fn swap_protocol(&self, wrap: ProtocolWrapper) {
+        let held = self.held.borrow_mut().take().unwrap_or_default();
         let Some(old) = self.protocol.borrow_mut().take() else {
             return;
         };
+        // The handles taken so far go to the layer if it asks (`redirect_handles`); the
+        // layer's own handles, taken from now on, stay on this connection.
+        let handles = TransportHandle::upgrade(&self.handles.replace(Weak::new()));
+        *self.handover.borrow_mut() = Some(Handover { held, handles });
         match catch_unwind_message(move || wrap(old)) {
             Ok(new) => {
                 self.st.borrow_mut().half_close = new.half_close();
                 *self.protocol.borrow_mut() = Some(new);
                 self.call_protocol(|p, t| p.connection_made(t));
+                // A layer that did not take over: the held calls go out as they are.
+                let handover = self.handover.borrow_mut().take();
+                if let Some(Handover { held, handles }) = handover {
+                    if let (Some(h), None) = (handles, self.handles.borrow().upgrade()) {
+                        *self.handles.borrow_mut() = h.downgrade();
+                    }
+                    replay(self, held);
+                }
             }
             Err(msg) => {
+                self.handover.borrow_mut().take();
                 tracing::error!(peer = %self.peer, panic = %msg, "protocol wrapper panicked; aborting this connection");
                 self.finish(CloseReason::Panic(msg), true);
             }
+        }
+    }
+
+    /// While a swap is pending, keeps the call for the layer instead of making it.
+    fn hold(&self, call: impl FnOnce() -> Held) -> bool {
+        match self.held.borrow_mut().as_mut() {
+            Some(held) => {
+                held.push(call());
+                true
+            }
+            None => false,
         }
     }
 
@@ -456,6 +517,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
         }
         st.phase = Phase::Closed;
         st.wbuf.release();
+        self.held.borrow_mut().take();
         st.pending &= LOST | WRITE_LOST | READ_LOST;
         if let Some(timer) = st.close_timer.take() {
             timer.cancel();
@@ -714,7 +776,7 @@ impl<IO: StreamIo> Source for StreamConnection<IO> {
 
 impl<IO: StreamIo> Transport for StreamConnection<IO> {
     fn write(&self, data: &[u8]) {
-        if data.is_empty() {
+        if data.is_empty() || self.hold(|| Held::Write(data.to_vec())) {
             return;
         }
         let mut st = self.st.borrow_mut();
@@ -746,7 +808,9 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
 
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total == 0 {
+        if total == 0
+            || self.hold(|| Held::Write(bufs.iter().flat_map(|b| b.iter().copied()).collect()))
+        {
             return;
         }
         let mut st = self.st.borrow_mut();
@@ -795,6 +859,9 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn lose_connection(&self) {
+        if self.hold(|| Held::Lose) {
+            return;
+        }
         let mut st = self.st.borrow_mut();
         if st.phase != Phase::Open {
             return;
@@ -814,6 +881,9 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn lose_write_connection(&self) {
+        if self.hold(|| Held::LoseWrite) {
+            return;
+        }
         let mut st = self.st.borrow_mut();
         if st.phase != Phase::Open || st.write_closing {
             return;
@@ -925,19 +995,36 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
-        if self.is_closing() {
+        if self.is_closing() || self.wrap.borrow().is_some() {
             return false;
         }
         if self.in_callback.get() {
             *self.wrap.borrow_mut() = Some(wrap);
+            *self.held.borrow_mut() = Some(Vec::new());
         } else {
             self.swap_protocol(wrap);
         }
         true
     }
 
+    fn redirect_handles(&self, to: TransportHandle) {
+        let Some(Handover { held, handles }) = self.handover.borrow_mut().take() else {
+            return;
+        };
+        if let Some(old) = handles {
+            old.redirect(to.clone());
+        }
+        replay(&*to, held);
+    }
+
     fn handle(&self) -> TransportHandle {
-        TransportHandle::new(self.rc())
+        let mut shared = self.handles.borrow_mut();
+        if let Some(handle) = TransportHandle::upgrade(&shared) {
+            return handle;
+        }
+        let handle = TransportHandle::new(self.rc());
+        *shared = handle.downgrade();
+        handle
     }
 
     fn reactor(&self) -> Reactor {

@@ -1,9 +1,10 @@
 //! The [`Transport`] a protocol writes through, and its cloneable [`TransportHandle`].
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::ops::Deref;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use crate::address::Address;
@@ -162,10 +163,28 @@ pub trait Transport {
     /// and the user's protocol on a live connection, such as STARTTLS: the TLS layer wraps the
     /// old protocol, and everything written before the swap went out in the clear.
     ///
-    /// Returns `false` (and drops `wrap`) if the transport cannot swap, or is closing.
+    /// Between this call and the swap, what the protocol writes (through this transport or a
+    /// handle) is held back, and handles taken before the swap keep reaching the connection;
+    /// a layer that calls [`redirect_handles`](Transport::redirect_handles) from its
+    /// `connection_made` receives both: the held writes go out through it (encrypted, for
+    /// TLS), and the old handles reach it from then on. Without that call the held writes go
+    /// out as they are once the new protocol's `connection_made` returns.
+    ///
+    /// Returns `false` (and drops `wrap`) if the transport cannot swap, is closing, or already
+    /// has a swap pending.
     fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
         let _ = wrap;
         false
+    }
+
+    /// For a layer installed with [`wrap_protocol`](Transport::wrap_protocol), from its
+    /// `connection_made`: the writes held since `wrap_protocol` (and a `lose_connection` or
+    /// `lose_write_connection` among them) are replayed through `to`, the layer's own
+    /// transport, and every handle to this connection taken before the swap reaches `to` from
+    /// now on. Handles the layer takes itself (in `connection_made`) stay on this connection.
+    /// Does nothing elsewhere.
+    fn redirect_handles(&self, to: TransportHandle) {
+        let _ = to;
     }
 
     /// A cloneable handle to this connection, usable outside callbacks on the reactor thread
@@ -231,6 +250,9 @@ impl<T: Transport + ?Sized> Transport for &T {
     fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
         (**self).wrap_protocol(wrap)
     }
+    fn redirect_handles(&self, to: TransportHandle) {
+        (**self).redirect_handles(to)
+    }
     fn handle(&self) -> TransportHandle {
         (**self).handle()
     }
@@ -242,34 +264,71 @@ impl<T: Transport + ?Sized> Transport for &T {
 /// A cloneable, reactor-thread handle to a connection's [`Transport`].
 ///
 /// Holding a handle does not keep the connection open; once it closes, writes through the
-/// handle are ignored and [`Transport::is_closing`] returns `true`.
+/// handle are ignored and [`Transport::is_closing`] returns `true`. When a layer takes over
+/// the connection (STARTTLS, see [`Transport::wrap_protocol`]), handles taken before reach the
+/// layer's transport from then on.
 #[derive(Clone)]
-pub struct TransportHandle(Rc<dyn Transport>);
+pub struct TransportHandle(Rc<HandleTarget>);
+
+/// What the clones of one handle share: the transport, or the layer that took it over.
+pub(crate) struct HandleTarget {
+    transport: Rc<dyn Transport>,
+    redirect: OnceCell<TransportHandle>,
+}
 
 impl TransportHandle {
     /// Wraps a shared transport (for transport implementations).
     pub fn new(transport: Rc<dyn Transport>) -> Self {
-        TransportHandle(transport)
+        TransportHandle(Rc::new(HandleTarget {
+            transport,
+            redirect: OnceCell::new(),
+        }))
     }
 
     /// `true` if both handles refer to the same connection.
     pub fn same_connection(&self, other: &TransportHandle) -> bool {
-        std::ptr::addr_eq(Rc::as_ptr(&self.0), Rc::as_ptr(&other.0))
+        std::ptr::addr_eq(self.target(), other.target())
+    }
+
+    /// The transport this handle reaches now.
+    fn target(&self) -> *const dyn Transport {
+        match self.0.redirect.get() {
+            Some(layer) => layer.target(),
+            None => Rc::as_ptr(&self.0.transport),
+        }
+    }
+
+    /// Points this handle and all its clones at `to` (once; `false` if already redirected).
+    pub(crate) fn redirect(&self, to: TransportHandle) -> bool {
+        self.0.redirect.set(to).is_ok()
+    }
+
+    /// The shared part, for a transport that hands out clones of one handle.
+    pub(crate) fn downgrade(&self) -> Weak<HandleTarget> {
+        Rc::downgrade(&self.0)
+    }
+
+    /// A handle from [`downgrade`](Self::downgrade)'s result, while any clone lives.
+    pub(crate) fn upgrade(target: &Weak<HandleTarget>) -> Option<Self> {
+        target.upgrade().map(TransportHandle)
     }
 }
 
 impl Deref for TransportHandle {
     type Target = dyn Transport;
     fn deref(&self) -> &Self::Target {
-        &*self.0
+        match self.0.redirect.get() {
+            Some(layer) => &**layer,
+            None => &*self.0.transport,
+        }
     }
 }
 
 impl fmt::Debug for TransportHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransportHandle")
-            .field("peer", &self.0.peer_address())
-            .field("closing", &self.0.is_closing())
+            .field("peer", &self.peer_address())
+            .field("closing", &self.is_closing())
             .finish()
     }
 }

@@ -637,6 +637,130 @@ fn starttls_mid_stream() {
     );
 }
 
+/// Upgrades on `STARTTLS` and writes right after `start_tls` in the same callback, then,
+/// once the client's first encrypted bytes arrive, writes and closes through the handle it
+/// took in `connection_made`, before the upgrade.
+struct EagerStartTlsServer {
+    config: ServerTlsConfig,
+    handle: Option<TransportHandle>,
+    upgraded: bool,
+    /// What a second `start_tls` in the same callback returned.
+    second_start_tls: Rc<Cell<Option<bool>>>,
+}
+
+impl Protocol for EagerStartTlsServer {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        self.handle = Some(t.handle());
+    }
+    fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+        if !self.upgraded && data.ends_with(b"STARTTLS\n") {
+            self.upgraded = true;
+            t.write(b"OK\n");
+            assert!(tls::start_tls(t, TlsRole::Server(self.config.clone())));
+            let again = tls::start_tls(t, TlsRole::Server(self.config.clone()));
+            self.second_start_tls.set(Some(again));
+            t.write(b"after start_tls;");
+        } else if self.upgraded {
+            let old = self.handle.as_ref().unwrap();
+            assert!(tls::session(&**old).is_some(), "the old handle reaches TLS");
+            old.write(b"through the old handle");
+            old.lose_connection();
+        }
+    }
+}
+
+/// Collects what arrives after the upgrade it makes on `OK`.
+struct StartTlsCollector {
+    log: Shared,
+    config: ClientTlsConfig,
+    upgraded: bool,
+}
+
+impl Protocol for StartTlsCollector {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        t.write(b"STARTTLS\n");
+    }
+    fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+        if !self.upgraded && data == b"OK\n" {
+            self.upgraded = true;
+            let role = TlsRole::Client {
+                config: self.config.clone(),
+                server_name: "localhost".into(),
+            };
+            assert!(tls::start_tls_with(t, role, |t| t.write(b"go")));
+        } else {
+            self.log.borrow_mut().data.extend_from_slice(data);
+        }
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.log.borrow_mut().lost = Some(reason);
+    }
+}
+
+/// Nothing the server writes after `start_tls` goes out in the clear: not what it writes in
+/// the same callback, not what goes through a handle taken before the upgrade (its
+/// `lose_connection` included, which sends `close_notify`). The client decrypts all of it.
+#[test]
+fn after_start_tls_everything_is_encrypted_also_through_old_handles() {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let cl = log();
+    let pair = connect_pair(
+        mr.reactor(),
+        StartTlsCollector {
+            log: cl.clone(),
+            config: client_config(&c),
+            upgraded: false,
+        },
+        EagerStartTlsServer {
+            config: server_config(&c),
+            handle: None,
+            upgraded: false,
+            second_start_tls: Rc::default(),
+        },
+        MemoryOptions::default(),
+    );
+    mr.advance(Duration::from_secs(1));
+    assert_eq!(
+        cl.borrow().data,
+        b"after start_tls;through the old handle",
+        "everything arrived, decrypted (client: {:?}, server: {:?})",
+        cl.borrow().lost,
+        pair.server_lost()
+    );
+    assert!(
+        cl.borrow().lost.as_ref().unwrap().is_clean(),
+        "close_notify came through TLS: {:?}",
+        cl.borrow().lost
+    );
+    assert!(pair.server_lost().unwrap().is_clean());
+}
+
+#[test]
+fn start_tls_twice_in_one_callback_is_refused_the_second_time() {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let second = Rc::new(Cell::new(None));
+    let st = StringTransport::connect(
+        &mr,
+        EagerStartTlsServer {
+            config: server_config(&c),
+            handle: None,
+            upgraded: false,
+            second_start_tls: second.clone(),
+        },
+    );
+    st.feed(b"STARTTLS\n");
+    assert_eq!(second.get(), Some(false), "one upgrade per connection");
+    let wire = st.take();
+    assert!(wire.starts_with(b"OK\n"));
+    assert!(
+        !wire.windows(9).any(|w| w == b"start_tls"),
+        "nothing after start_tls in the clear: {:?}",
+        String::from_utf8_lossy(&wire)
+    );
+}
+
 // ---- records on the wire, flow control, buffer bounds --------------------------------------
 
 /// A bare rustls server at the far end of a `StringTransport` whose near end runs our TLS

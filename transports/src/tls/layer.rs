@@ -776,6 +776,9 @@ impl Protocol for TlsProtocol {
             }
         }));
         shared.flush(); // a client's ClientHello
+                        // STARTTLS: what the protocol wrote after `start_tls`, and the handles it took before,
+                        // go through TLS from now on.
+        raw.redirect_handles(shared.handle());
         self.shared = Some(shared);
     }
 

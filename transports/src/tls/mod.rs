@@ -359,7 +359,10 @@ pub enum TlsRole {
 /// callbacks, with the transport it received: once the callback returns, the connection's
 /// protocol is wrapped in the TLS layer and the handshake starts. Everything written before
 /// the call went out in the clear; everything after is encrypted (held until the handshake
-/// completes).
+/// completes), including what the protocol writes later in the same callback and what goes
+/// through a [`TransportHandle`](torsion_reactor::TransportHandle) taken before the upgrade:
+/// such handles reach the TLS transport from then on. One upgrade per connection: a second
+/// call returns `false`.
 ///
 /// The peer must not send TLS bytes in the same read as the plaintext that precedes the
 /// upgrade; protocols ensure this by having the server acknowledge the command in the clear
