@@ -10,7 +10,7 @@ use torsion_protocols::framing::{
     LineReceiver, StringContext, StringHandler, StringReceiver,
 };
 use torsion_reactor::testing::{MemoryOptions, MemoryReactor, StringTransport};
-use torsion_reactor::{CloseReason, ConnectionConfig};
+use torsion_reactor::{CloseReason, ConnectionConfig, Protocol, Transport};
 
 type Log = Rc<RefCell<Vec<String>>>;
 
@@ -583,4 +583,177 @@ fn frame_echo_limits_and_idle_timeout() {
     }
     assert_eq!("INT32".parse::<Framing>(), Ok(Framing::Int32));
     assert!("int64".parse::<Framing>().is_err());
+}
+
+/// Pauses on `PAUSE`, echoes every other line.
+struct PauseOrEcho;
+
+impl LineHandler for PauseOrEcho {
+    fn line_received(&mut self, ctx: &mut LineContext<'_>, line: &[u8]) {
+        match line {
+            b"PAUSE" => ctx.pause(),
+            b"UPGRADE" => {
+                ctx.send_line(b"OK");
+                ctx.wrap_protocol(Box::new(|old| Box::new(layer::Layer { old, t: None })));
+            }
+            _ => ctx.send_line(line),
+        }
+    }
+}
+
+/// A protocol that keeps calling `resume_reading` after every read, as a transport that
+/// ignored the pause would behave; records the size of each read.
+struct IgnoresPause<P: Protocol>(P, Rc<RefCell<Vec<usize>>>);
+
+impl<P: Protocol> Protocol for IgnoresPause<P> {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        self.0.connection_made(t)
+    }
+    fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
+        self.1.borrow_mut().push(d.len());
+        self.0.data_received(t, d);
+        t.resume_reading();
+    }
+}
+
+#[test]
+fn a_paused_receiver_holds_at_most_the_limit_plus_one_read() {
+    let mr = MemoryReactor::new();
+    let reads = Rc::new(RefCell::new(Vec::new()));
+    let receiver = LineReceiver::new(PauseOrEcho).max_length(10);
+    let st = StringTransport::connect(&mr, IgnoresPause(receiver, reads.clone()));
+    let mut data = b"PAUSE\r\n".to_vec();
+    while data.len() < 400 * 1024 {
+        data.extend_from_slice(b"x\r\n");
+    }
+    st.feed(&data);
+    assert!(
+        st.transport().is_closing(),
+        "closing: the transport ignored the pause"
+    );
+    let reads = reads.borrow();
+    // Held: everything after "PAUSE\r\n" in the reads before the one that closed.
+    let held = reads[..reads.len() - 1].iter().sum::<usize>() - 7;
+    assert!(
+        held <= 10 + torsion_reactor::READ_BUFFER_SIZE,
+        "held {held} bytes while paused (reads {reads:?})"
+    );
+}
+
+/// A stand-in for a layer such as TLS installed with `wrap_protocol`: its transport marks
+/// every write, and it takes over the connection's handles.
+mod layer {
+    use std::io;
+    use std::rc::{Rc, Weak};
+
+    use torsion_reactor::{
+        Address, CloseReason, Producer, Protocol, Reactor, Transport, TransportHandle,
+    };
+
+    pub struct Tagged {
+        raw: TransportHandle,
+        me: Weak<Tagged>,
+    }
+
+    impl Transport for Tagged {
+        fn write(&self, d: &[u8]) {
+            self.raw.write(&[b"[enc]", d].concat())
+        }
+        fn lose_connection(&self) {
+            self.raw.lose_connection()
+        }
+        fn lose_write_connection(&self) {
+            self.raw.lose_write_connection()
+        }
+        fn abort_connection(&self) {
+            self.raw.abort_connection()
+        }
+        fn peer_address(&self) -> Address {
+            self.raw.peer_address()
+        }
+        fn local_address(&self) -> Address {
+            self.raw.local_address()
+        }
+        fn pause_reading(&self) {
+            self.raw.pause_reading()
+        }
+        fn resume_reading(&self) {
+            self.raw.resume_reading()
+        }
+        fn set_write_buffer_limits(&self, h: usize, l: usize) -> io::Result<()> {
+            self.raw.set_write_buffer_limits(h, l)
+        }
+        fn register_producer(&self, p: Box<dyn Producer>, s: bool) {
+            self.raw.register_producer(p, s)
+        }
+        fn unregister_producer(&self) {
+            self.raw.unregister_producer()
+        }
+        fn buffered(&self) -> usize {
+            self.raw.buffered()
+        }
+        fn is_closing(&self) -> bool {
+            self.raw.is_closing()
+        }
+        fn handle(&self) -> TransportHandle {
+            TransportHandle::new(self.me.upgrade().expect("alive"))
+        }
+        fn reactor(&self) -> Reactor {
+            self.raw.reactor()
+        }
+    }
+
+    pub struct Layer {
+        pub old: Box<dyn Protocol>,
+        pub t: Option<Rc<Tagged>>,
+    }
+
+    impl Layer {
+        fn call(&mut self, f: impl FnOnce(&mut dyn Protocol, &mut dyn Transport)) {
+            let t = self.t.clone().expect("connected");
+            let mut tr: &Tagged = &t;
+            f(&mut *self.old, &mut tr);
+        }
+    }
+
+    impl Protocol for Layer {
+        fn connection_made(&mut self, raw: &mut dyn Transport) {
+            let t = Rc::new_cyclic(|me| Tagged {
+                raw: raw.handle(),
+                me: me.clone(),
+            });
+            raw.redirect_handles(t.handle());
+            self.t = Some(t);
+        }
+        fn data_received(&mut self, _raw: &mut dyn Transport, d: &[u8]) {
+            self.call(|p, t| p.data_received(t, d));
+        }
+        fn pause_producing(&mut self, _raw: &mut dyn Transport) {
+            self.call(|p, t| p.pause_producing(t));
+        }
+        fn resume_producing(&mut self, _raw: &mut dyn Transport) {
+            self.call(|p, t| p.resume_producing(t));
+        }
+        fn connection_lost(&mut self, r: CloseReason) {
+            self.old.connection_lost(r)
+        }
+    }
+}
+
+/// Lines held during a pause and delivered on resume after a layer took over the connection
+/// (STARTTLS) are answered through the layer, like every other line after the upgrade.
+#[test]
+fn lines_held_across_a_pause_are_answered_through_a_layer_that_took_over() {
+    let mr = MemoryReactor::new();
+    let receiver = LineReceiver::new(PauseOrEcho);
+    let handle = receiver.handle();
+    let st = StringTransport::connect(&mr, receiver);
+    st.feed(b"UPGRADE\r\n");
+    assert_eq!(st.take(), b"OK\r\n");
+    st.feed(b"a\r\n");
+    assert_eq!(st.take(), b"[enc]a[enc]\r\n");
+    st.feed(b"PAUSE\r\nb\r\n");
+    handle.resume();
+    mr.run_until_idle();
+    assert_eq!(st.take(), b"[enc]b[enc]\r\n");
 }

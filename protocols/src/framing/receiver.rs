@@ -228,7 +228,7 @@ impl Core {
         if input.is_empty() {
             return;
         }
-        if decoder.buffered() > limit.saturating_add(PAUSED_SLACK) {
+        if decoder.buffered().saturating_add(input.len()) > limit.saturating_add(PAUSED_SLACK) {
             decoder.clear();
             self.close_with_error(
                 t,
