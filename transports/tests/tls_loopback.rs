@@ -171,6 +171,57 @@ fn handshake_failure_reaches_client_connection_failed() {
     );
 }
 
+#[derive(Default)]
+struct RefuserCalls {
+    failed: Vec<CloseReason>,
+    lost: Vec<CloseReason>,
+}
+
+/// A client factory that refuses the connection (builds no protocol) after the handshake.
+struct Refuser(Rc<RefCell<RefuserCalls>>);
+impl ClientFactory for Refuser {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        None
+    }
+    fn client_connection_failed(&mut self, _c: &Connector, reason: CloseReason) {
+        self.0.borrow_mut().failed.push(reason);
+    }
+    fn client_connection_lost(&mut self, _c: &Connector, reason: CloseReason) {
+        self.0.borrow_mut().lost.push(reason);
+    }
+}
+
+/// As on plain TCP, a client factory that builds no protocol is told neither that the
+/// connection failed nor that it was lost: it was never made.
+#[test]
+fn refusing_client_factory_gets_no_client_connection_lost() {
+    let (_d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let port = reactor
+        .listen_tls("127.0.0.1:0", &server_config(&c), |_: &Address| Echo)
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    let calls = Rc::new(RefCell::new(RefuserCalls::default()));
+    reactor.connect_tls(
+        "127.0.0.1",
+        addr.port(),
+        &client_config(&c),
+        Refuser(calls.clone()),
+    );
+    util::run_for(&reactor, Duration::from_millis(500));
+    let calls = calls.borrow();
+    assert!(
+        calls.lost.is_empty(),
+        "client_connection_lost for a never-made connection: {:?}",
+        calls.lost
+    );
+    assert!(
+        calls.failed.is_empty(),
+        "client_connection_failed for a refused connection: {:?}",
+        calls.failed
+    );
+}
+
 /// 1,000 connections that send garbage, plus some that stall: every one is closed (the
 /// garbage at once, the stalled ones at the handshake deadline), and the server survives.
 #[test]

@@ -481,6 +481,146 @@ fn no_data_reaches_a_protocol_that_aborted_in_connection_made() {
     no_data_after_closing_in_connection_made(true);
 }
 
+/// Pauses reading in `connection_made` and records the data it is given.
+struct PauseAtOnce {
+    log: Shared,
+}
+
+impl Protocol for PauseAtOnce {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        let mut log = self.log.borrow_mut();
+        log.made = true;
+        log.handle = Some(t.handle());
+        drop(log);
+        t.pause_reading();
+    }
+    fn data_received(&mut self, _: &mut dyn Transport, data: &[u8]) {
+        self.log.borrow_mut().data.extend_from_slice(data);
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.log.borrow_mut().lost = Some(reason);
+    }
+}
+
+/// The client's first data arrives in the same read as its Finished: a server protocol that
+/// paused reading in `connection_made` is not given it until it resumes (as on TCP), and then
+/// gets it once, in order, followed by what came later.
+#[test]
+fn no_data_after_pause_reading_in_connection_made() {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let (cl, sl) = (log(), log());
+    let _pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(
+            Rec::greeting(&cl, b"early application data", usize::MAX),
+            &client_config(&c),
+            "localhost",
+        )
+        .unwrap(),
+        TlsProtocol::server(PauseAtOnce { log: sl.clone() }, &server_config(&c)),
+        MemoryOptions::default(),
+    );
+    mr.advance(Duration::from_millis(100));
+    assert!(sl.borrow().made);
+    assert!(
+        sl.borrow().data.is_empty(),
+        "delivered while paused: {:?}",
+        String::from_utf8_lossy(&sl.borrow().data)
+    );
+    // More data while paused: held too, and delivered after the first.
+    let client = cl.borrow().handle.clone().unwrap();
+    client.write(b" and more");
+    mr.advance(Duration::from_millis(100));
+    assert!(sl.borrow().data.is_empty());
+    let server = sl.borrow().handle.clone().unwrap();
+    server.resume_reading();
+    mr.advance(Duration::from_millis(100));
+    assert_eq!(
+        String::from_utf8_lossy(&sl.borrow().data),
+        "early application data and more"
+    );
+    // Pausing again holds new data back again.
+    server.pause_reading();
+    client.write(b"!");
+    mr.advance(Duration::from_millis(100));
+    assert_eq!(sl.borrow().data, b"early application data and more");
+    server.resume_reading();
+    mr.advance(Duration::from_millis(100));
+    assert_eq!(sl.borrow().data, b"early application data and more!");
+    assert!(sl.borrow().lost.is_none());
+}
+
+/// Writes its greeting and closes at once: data and `close_notify` follow the Finished.
+struct GreetAndClose;
+
+impl Protocol for GreetAndClose {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        t.write(b"all I have to say");
+        t.lose_connection();
+    }
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+}
+
+/// The peer's `close_notify` behind data held for a paused protocol waits for that data: after
+/// `resume_reading` the protocol gets the data, then the clean close.
+#[test]
+fn close_notify_after_held_data_waits_for_resume() {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let sl = log();
+    let _pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(GreetAndClose, &client_config(&c), "localhost").unwrap(),
+        TlsProtocol::server(PauseAtOnce { log: sl.clone() }, &server_config(&c)),
+        MemoryOptions::default(),
+    );
+    mr.advance(Duration::from_millis(100));
+    assert!(sl.borrow().data.is_empty());
+    assert!(sl.borrow().lost.is_none());
+    let server = sl.borrow().handle.clone().unwrap();
+    server.resume_reading();
+    mr.advance(Duration::from_secs(1));
+    let log = sl.borrow();
+    assert_eq!(log.data, b"all I have to say");
+    assert!(
+        matches!(log.lost, Some(CloseReason::Done)),
+        "{:?}",
+        log.lost
+    );
+}
+
+/// Data held back while paused is not delivered once the protocol closed.
+#[test]
+fn held_data_is_dropped_after_close_while_paused() {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let (cl, sl) = (log(), log());
+    let _pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(
+            Rec::greeting(&cl, b"early application data", usize::MAX),
+            &client_config(&c),
+            "localhost",
+        )
+        .unwrap(),
+        TlsProtocol::server(PauseAtOnce { log: sl.clone() }, &server_config(&c)),
+        MemoryOptions::default(),
+    );
+    mr.advance(Duration::from_millis(100));
+    let server = sl.borrow().handle.clone().unwrap();
+    server.resume_reading();
+    server.lose_connection();
+    mr.advance(Duration::from_secs(1));
+    let log = sl.borrow();
+    assert!(
+        log.data.is_empty(),
+        "held data reached a closed protocol: {:?}",
+        String::from_utf8_lossy(&log.data)
+    );
+    assert!(log.lost.is_some());
+}
+
 #[test]
 fn abort_resets_without_close_notify() {
     let (_d, c) = certs(&[]);

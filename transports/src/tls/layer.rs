@@ -5,7 +5,8 @@
 //! `read_tls` → `process_new_packets` → plaintext to the inner protocol; plaintext written by
 //! the inner protocol is collected during the callback (or the reactor turn, for writes from
 //! outside callbacks), encrypted in one go (few records, not one per write) and handed to the
-//! stream transport with `write_tls`. No `RefCell` borrow is held while user code runs.
+//! stream transport with `write_tls`. No `RefCell` borrow of the TLS state is held while user
+//! code runs (only the inner protocol's own cell, while that protocol runs).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -148,6 +149,17 @@ pub(crate) struct Shared {
     close_timeout: Duration,
     in_callback: Cell<bool>,
     flush_scheduled: Cell<bool>,
+    /// The inner protocol paused reading (through this transport).
+    read_paused: Cell<bool>,
+    /// Plaintext that arrived while the inner protocol had paused reading (the rest of the
+    /// read that paused it: the stream stops reading too), delivered after `resume_reading`.
+    held: RefCell<Vec<u8>>,
+    /// The peer's `close_notify` came while reading was paused or plaintext was held: acted
+    /// on once the held plaintext has been delivered.
+    held_eof: Cell<bool>,
+    delivery_scheduled: Cell<bool>,
+    /// The inner protocol, for delivering held plaintext.
+    inner: Weak<RefCell<Inner>>,
 }
 
 impl Shared {
@@ -315,6 +327,34 @@ impl Shared {
         self.raw.abort_connection();
     }
 
+    /// Whether plaintext (or the peer's `close_notify`) waits for the protocol to resume.
+    fn holding(&self) -> bool {
+        self.held_eof.get() || !self.held.borrow().is_empty()
+    }
+
+    /// Delivers what was held while paused on the next turn (not from inside the callback of
+    /// whoever called `resume_reading`, which may be the inner protocol itself).
+    fn schedule_delivery(&self) {
+        if self.delivery_scheduled.replace(true) {
+            return;
+        }
+        let weak = self.me.clone();
+        self.raw.reactor().call_soon(move |_| {
+            let Some(s) = weak.upgrade() else {
+                return;
+            };
+            s.delivery_scheduled.set(false);
+            let Some(inner) = s.inner.upgrade() else {
+                return;
+            };
+            if inner.try_borrow_mut().is_err() {
+                s.schedule_delivery(); // the protocol is running (a nested reactor run)
+                return;
+            }
+            deliver_held(&s, &inner);
+        });
+    }
+
     fn handshake_timed_out(&self, timeout: Duration) {
         let pending = {
             let st = self.st.borrow();
@@ -399,11 +439,16 @@ impl Transport for Shared {
     }
 
     fn pause_reading(&self) {
+        self.read_paused.set(true);
         self.raw.pause_reading();
     }
 
     fn resume_reading(&self) {
+        self.read_paused.set(false);
         self.raw.resume_reading();
+        if self.holding() {
+            self.schedule_delivery();
+        }
     }
 
     /// The limits apply to the underlying stream's buffer of ciphertext, which is what
@@ -495,9 +540,64 @@ impl Producer for TlsProducer {
     }
 }
 
+/// Runs `f` on the inner protocol (if built) with the TLS transport, then encrypts and sends
+/// what it wrote.
+fn call_protocol(
+    shared: &Shared,
+    inner: &RefCell<Inner>,
+    f: impl FnOnce(&mut dyn Protocol, &mut dyn Transport),
+) {
+    let mut inner = inner.borrow_mut();
+    let Inner::Ready(p) = &mut *inner else {
+        return;
+    };
+    let outer = shared.in_callback.replace(true);
+    let mut t: &Shared = shared;
+    f(&mut **p, &mut t);
+    shared.in_callback.set(outer);
+    drop(inner);
+    shared.flush();
+}
+
+/// Delivers the plaintext held while the protocol had paused reading, then acts on a
+/// `close_notify` that came after it. As on TCP, nothing reaches a protocol that is paused,
+/// closing or closed.
+fn deliver_held(shared: &Shared, inner: &RefCell<Inner>) {
+    if shared.read_paused.get() {
+        return;
+    }
+    let closing = || {
+        let st = shared.st.borrow();
+        st.closing || st.closed
+    };
+    if closing() {
+        *shared.held.borrow_mut() = Vec::new();
+        shared.held_eof.set(false);
+        return;
+    }
+    let data = std::mem::take(&mut *shared.held.borrow_mut());
+    if !data.is_empty() {
+        call_protocol(shared, inner, |p, t| p.data_received(t, &data));
+    }
+    // The protocol may have paused again, or closed, in `data_received`.
+    if !shared.held_eof.get() || shared.read_paused.get() || closing() {
+        return;
+    }
+    shared.held_eof.set(false);
+    let half_close = matches!(&*inner.borrow(), Inner::Ready(p) if p.half_close());
+    if half_close {
+        call_protocol(shared, inner, |p, t| p.read_connection_lost(t));
+    } else {
+        shared.lose_connection();
+    }
+}
+
 /// How a client connection ended, for the client-factory wrapper.
 pub(crate) struct Outcome {
     pub(crate) made: bool,
+    /// The factory built no protocol after the handshake (reported to it as on TCP: not at
+    /// all).
+    pub(crate) refused: bool,
     pub(crate) reason: CloseReason,
 }
 
@@ -557,8 +657,10 @@ pub struct TlsProtocol {
     conn: Option<Result<Connection, TlsError>>,
     client_name: Option<String>,
     shared: Option<Rc<Shared>>,
-    inner: Inner,
+    inner: Rc<RefCell<Inner>>,
     made: bool,
+    /// The deferred factory built no protocol.
+    refused: bool,
     half_close: bool,
     clean_eof: bool,
     limits: TlsLimits,
@@ -580,8 +682,9 @@ impl TlsProtocol {
             conn: Some(conn),
             client_name,
             shared: None,
-            inner,
+            inner: Rc::new(RefCell::new(inner)),
             made: false,
+            refused: false,
             half_close: false,
             clean_eof: false,
             limits,
@@ -653,7 +756,7 @@ impl TlsProtocol {
     /// Marks the inner protocol as already made (STARTTLS).
     pub(crate) fn already_made(mut self) -> Self {
         self.made = true;
-        if let Inner::Ready(p) = &self.inner {
+        if let Inner::Ready(p) = &*self.inner.borrow() {
             self.half_close = p.half_close();
         }
         self
@@ -669,14 +772,7 @@ impl TlsProtocol {
         shared: &Rc<Shared>,
         f: impl FnOnce(&mut dyn Protocol, &mut dyn Transport),
     ) {
-        let Inner::Ready(p) = &mut self.inner else {
-            return;
-        };
-        let outer = shared.in_callback.replace(true);
-        let mut t: &Shared = shared;
-        f(&mut **p, &mut t);
-        shared.in_callback.set(outer);
-        shared.flush();
+        call_protocol(shared, &self.inner, f);
     }
 
     fn fail(&mut self, shared: &Rc<Shared>, err: TlsError) {
@@ -691,21 +787,26 @@ impl TlsProtocol {
         if let Some(d) = self.deadline.take() {
             d.cancel();
         }
-        if let Inner::Deferred(factory) = &self.inner {
-            let factory = factory.clone();
+        let deferred = match &*self.inner.borrow() {
+            Inner::Deferred(factory) => Some(factory.clone()),
+            _ => None,
+        };
+        if let Some(factory) = deferred {
             let built = factory.borrow_mut().build_protocol(&raw.peer_address());
             match built {
-                Some(p) => self.inner = Inner::Ready(p),
+                Some(p) => *self.inner.borrow_mut() = Inner::Ready(p),
                 None => {
-                    self.inner = Inner::None;
-                    self.made = true; // the factory saw the connection and refused it
+                    // The factory saw the connection and refused it: no protocol was made,
+                    // and (as on TCP) the factory hears nothing more about it.
+                    *self.inner.borrow_mut() = Inner::None;
+                    self.refused = true;
                     shared.lose_connection();
                     return;
                 }
             }
         }
         if !self.made {
-            if let Inner::Ready(p) = &self.inner {
+            if let Inner::Ready(p) = &*self.inner.borrow() {
                 self.half_close = p.half_close();
             }
             self.made = true;
@@ -761,6 +862,11 @@ impl Protocol for TlsProtocol {
             close_timeout: self.limits.close_timeout,
             in_callback: Cell::new(false),
             flush_scheduled: Cell::new(false),
+            read_paused: Cell::new(false),
+            held: RefCell::new(Vec::new()),
+            held_eof: Cell::new(false),
+            delivery_scheduled: Cell::new(false),
+            inner: Rc::downgrade(&self.inner),
         });
         SESSIONS.with(|m| {
             m.borrow_mut().insert(
@@ -842,7 +948,13 @@ impl Protocol for TlsProtocol {
                 st.closing || st.closed
             };
             if self.made && !closing {
-                self.call_inner(&shared, |p, t| p.data_received(t, &plain));
+                if shared.read_paused.get() || shared.holding() {
+                    // Nor one that paused reading (possibly in that `connection_made`): held,
+                    // after what is held already, until it resumes.
+                    shared.held.borrow_mut().extend_from_slice(&plain);
+                } else {
+                    self.call_inner(&shared, |p, t| p.data_received(t, &plain));
+                }
             }
             self.plain_in = plain;
             self.plain_in.clear();
@@ -853,7 +965,9 @@ impl Protocol for TlsProtocol {
         }
         if peer_closed && !self.clean_eof {
             self.clean_eof = true;
-            if self.made && self.half_close {
+            if shared.read_paused.get() || shared.holding() {
+                shared.held_eof.set(true); // after the held plaintext, once resumed
+            } else if self.made && self.half_close {
                 self.call_inner(&shared, |p, t| p.read_connection_lost(t));
             } else {
                 shared.lose_connection();
@@ -873,6 +987,7 @@ impl Protocol for TlsProtocol {
                     m.borrow_mut()
                         .remove(&(Rc::as_ptr(shared) as *const () as usize))
                 });
+                *shared.held.borrow_mut() = Vec::new();
                 let mut st = shared.st.borrow_mut();
                 st.closed = true;
                 st.plain_out = Vec::new();
@@ -908,10 +1023,11 @@ impl Protocol for TlsProtocol {
         if let Some(slot) = &self.outcome {
             *slot.borrow_mut() = Some(Outcome {
                 made: self.made,
+                refused: self.refused,
                 reason: reason.clone(),
             });
         }
-        if let Inner::Ready(p) = &mut self.inner {
+        if let Inner::Ready(p) = &mut *self.inner.borrow_mut() {
             p.connection_lost(reason);
         }
     }
@@ -925,6 +1041,10 @@ impl Protocol for TlsProtocol {
             raw.lose_connection();
             return;
         };
+        // The protocol resumed and its held plaintext is still to come: it comes first.
+        if !shared.read_paused.get() && shared.holding() {
+            deliver_held(&shared, &self.inner);
+        }
         if self.clean_eof {
             if !(self.made && self.half_close) {
                 raw.lose_connection();
@@ -1035,6 +1155,7 @@ impl ClientFactory for ClientFactoryWrapper {
     fn client_connection_lost(&mut self, connector: &Connector, reason: CloseReason) {
         let outcome = self.current.take().and_then(|s| s.borrow_mut().take());
         let (made, reason) = match outcome {
+            Some(o) if o.refused => return, // as on TCP: a refused connection is not reported
             Some(o) => (o.made, o.reason),
             None => (true, reason),
         };

@@ -61,9 +61,12 @@
 //!   [`TlsError::HandshakeTimeout`] or [`TlsError::Rustls`].
 //! - On a client from `connect_tls`, the protocol is built only after the handshake: a
 //!   handshake failure reaches `ClientFactory::client_connection_failed` with the TLS
-//!   reason, never a protocol. On a server, the factory is asked at accept time (so it can
-//!   refuse cheaply); if the handshake then fails, that protocol receives `connection_lost`
-//!   with the reason but never `connection_made`.
+//!   reason, never a protocol. A client factory that then builds no protocol (refuses) is
+//!   told nothing more about that connection (neither `client_connection_failed` nor
+//!   `client_connection_lost`), as on TCP; the connection is closed. On a server, the
+//!   factory is asked at accept time (so it can refuse cheaply); if the handshake then
+//!   fails, that protocol receives `connection_lost` with the reason but never
+//!   `connection_made`.
 //! - After a STARTTLS upgrade the protocol's `connection_made` already ran; pass a callback
 //!   to [`start_tls_with`] to hear when the handshake completed.
 //!
@@ -96,6 +99,8 @@
 //!   `lose_connection` (our `close_notify`, FIN, the TLS close timeout), or, for a protocol
 //!   opted in to half-close, `read_connection_lost` runs (see below). `connection_lost` gets
 //!   `Done`. Bytes that follow the `close_notify` are ignored, in the same read or later ones.
+//!   A protocol that paused reading hears of the `close_notify` only after it resumed and got
+//!   the data that came before it (see flow control).
 //! - **EOF without `close_notify`** is never a clean close: `connection_lost` gets
 //!   [`TlsError::Truncated`] after the handshake (also after our own half-close, while we
 //!   still read) or [`TlsError::HandshakeEof`] during it. After our `lose_connection` we no
@@ -143,7 +148,12 @@
 //!   rustls at most that much plaintext at a time and moves every record it made to the
 //!   stream transport immediately, so rustls never holds more than one limit's worth (plus
 //!   record overhead) and everything else is under the stream's watermarks. Incoming
-//!   plaintext is handed to the protocol after every read, never accumulated.
+//!   plaintext is handed to the protocol after every read, never accumulated, except after
+//!   `pause_reading`: as on TCP, nothing reaches the protocol until `resume_reading`. The
+//!   plaintext of the read during which it paused (say a client's first data, arriving with
+//!   its Finished, when `connection_made` pauses) is held, bounded by that read since the
+//!   stream stops reading too, and delivered in order on the turn after `resume_reading`,
+//!   before anything newer; it is dropped if the protocol closes or aborts first.
 //! - [`Transport::buffered`] on a TLS transport counts the stream's buffered ciphertext plus
 //!   the plaintext collected and not yet encrypted. With a peer that stops reading, what a
 //!   connection holds exceeds the high watermark only by what was written before the pause
