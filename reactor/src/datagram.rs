@@ -157,12 +157,15 @@ pub trait DatagramTransport {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    /// Joins a multicast group.
+    /// Joins a multicast group. The interface must be of the group's family
+    /// ([`MulticastInterface::V4`] for an IPv4 group, [`MulticastInterface::Index`] for an IPv6
+    /// one) or `Any`; a mismatch is `InvalidInput`.
     fn join_group(&self, _group: IpAddr, _interface: MulticastInterface) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    /// Leaves a multicast group.
+    /// Leaves a multicast group; the interface is checked as for
+    /// [`join_group`](DatagramTransport::join_group).
     fn leave_group(&self, _group: IpAddr, _interface: MulticastInterface) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
@@ -177,7 +180,8 @@ pub trait DatagramTransport {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    /// The interface outgoing multicast datagrams use.
+    /// The interface outgoing multicast datagrams use. `Any` lets the system choose again;
+    /// an interface of a family the socket cannot send is `InvalidInput`.
     fn set_multicast_interface(&self, _interface: MulticastInterface) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }

@@ -352,7 +352,9 @@ impl fmt::Debug for Connector {
 ///
 /// A closure `FnMut(&Address) -> P` is a client factory that ignores the events.
 pub trait ClientFactory: 'static {
-    /// Builds the protocol once connected to `peer` (`None` closes the connection).
+    /// Builds the protocol once connected to `peer`. `None` closes the connection, and the
+    /// attempt ends in `client_connection_failed` with [`CloseReason::NoProtocol`] (a panic
+    /// here ends it with [`CloseReason::Panic`]).
     fn build_protocol(&mut self, peer: &Address) -> Option<Box<dyn Protocol>>;
 
     /// An attempt is starting.
@@ -360,7 +362,8 @@ pub trait ClientFactory: 'static {
         let _ = connector;
     }
 
-    /// The attempt failed (refused, timed out, unreachable, unresolvable, …).
+    /// The attempt failed (refused, timed out, unreachable, unresolvable, no protocol built,
+    /// …).
     fn client_connection_failed(&mut self, connector: &Connector, reason: CloseReason) {
         let _ = (connector, reason);
     }

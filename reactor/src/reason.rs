@@ -29,6 +29,10 @@ pub enum CloseReason {
     Unreachable,
     /// The host name could not be resolved; the string is the resolver's message.
     ResolutionFailed(String),
+    /// The connection was made, but the client factory built no protocol for it
+    /// ([`ClientFactory::build_protocol`](crate::ClientFactory::build_protocol) returned
+    /// `None`), so it was closed at once (Twisted's `NoProtocol`).
+    NoProtocol,
     /// A user callback panicked; the string is the panic message. Only this connection was
     /// aborted; the reactor and every other connection go on.
     Panic(String),
@@ -103,6 +107,9 @@ impl fmt::Display for CloseReason {
             ),
             CloseReason::Unreachable => f.write_str("network or host unreachable"),
             CloseReason::ResolutionFailed(msg) => write!(f, "could not resolve host name: {msg}"),
+            CloseReason::NoProtocol => {
+                f.write_str("connected, but the client factory built no protocol; closed")
+            }
             CloseReason::Panic(msg) => write!(f, "a protocol callback panicked: {msg}"),
             CloseReason::WriteBufferOverflow { limit } => write!(
                 f,

@@ -15,7 +15,8 @@ use crate::reactor::Reactor;
 /// [`Transport::wrap_protocol`].
 pub type ProtocolWrapper = Box<dyn FnOnce(Box<dyn Protocol>) -> Box<dyn Protocol>>;
 
-/// TCP keepalive settings: probe an idle connection to find peers that vanished.
+/// TCP keepalive settings: probe an idle connection to find peers that vanished. The kernel
+/// counts in whole seconds: `idle` and `interval` are rounded up (to at least one second).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keepalive {
     /// Idle time before the first probe.

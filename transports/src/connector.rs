@@ -4,7 +4,10 @@
 //! each resolved address in order until one connects. The whole attempt — resolution and every
 //! address — is bounded by the connect timeout. Each outcome reaches the
 //! [`ClientFactory`]: `started_connecting`, then either a protocol (and later
-//! `client_connection_lost`) or `client_connection_failed` with a distinct reason.
+//! `client_connection_lost`) or `client_connection_failed` with a distinct reason. A factory
+//! that builds no protocol for the new connection fails the attempt with
+//! [`CloseReason::NoProtocol`] (or [`CloseReason::Panic`] if `build_protocol` panicked), so a
+//! reconnecting factory always hears how its attempt ended.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -330,11 +333,24 @@ impl ConnectorInner {
             }
             Target::Unix(_) => (SocketKind::Unix, Address::Unix(UnixAddress::Unnamed)),
         };
-        let mut protocol = None;
-        self.with_factory(|f, _| protocol = f.build_protocol(&addr));
-        let Some(protocol) = protocol else {
-            tracing::debug!(peer = %addr, "client factory built no protocol; closing");
-            return;
+        let mut built = Ok(None);
+        self.with_factory(|f, _| {
+            built = torsion_reactor::catch_unwind_message(|| f.build_protocol(&addr));
+        });
+        let protocol = match built {
+            Ok(Some(protocol)) => protocol,
+            Ok(None) => {
+                tracing::debug!(peer = %addr, "client factory built no protocol; closing");
+                drop(reg);
+                self.fail(CloseReason::NoProtocol);
+                return;
+            }
+            Err(msg) => {
+                tracing::error!(peer = %addr, panic = %msg, "client factory panicked in build_protocol; closing");
+                drop(reg);
+                self.fail(CloseReason::Panic(msg));
+                return;
+            }
         };
         tracing::debug!(peer = %addr, local = %local, "connected");
         // Held strongly until the connection ends, so `client_connection_lost` is delivered
@@ -466,6 +482,43 @@ pub(crate) fn sockaddr_to_address(addr: &SockAddr) -> Address {
         return Address::Unix(UnixAddress::Abstract(n.to_vec()));
     }
     Address::Unix(UnixAddress::Unnamed)
+}
+
+/// Bytes before `sun_path` in a `sockaddr_un` (the address family).
+const SUN_PATH_OFFSET: u32 = 2;
+/// `sizeof(struct sockaddr_un)` on Linux: the family and a 108-byte `sun_path`.
+const SOCKADDR_UN_LEN: u32 = SUN_PATH_OFFSET + 108;
+
+/// The address in `addr`, as returned by `accept`, `recvfrom` and friends: an IP address (as
+/// is: IPv4-mapped addresses are left to the caller), or a Unix path, Linux abstract name or
+/// unnamed socket.
+///
+/// `None` when it cannot be read here: another family, or a Unix path that fills all 108
+/// bytes of `sun_path` (the kernel then reports an address one byte longer than a
+/// `sockaddr_un`, and rustix's parser panics on it; socket2's, as in `Socket::peer_addr`,
+/// reads it).
+pub(crate) fn any_to_address(addr: rustix::net::SocketAddrAny) -> Option<Address> {
+    if let Ok(a) = SocketAddr::try_from(addr.clone()) {
+        return Some(Address::Inet(a));
+    }
+    if addr.address_family() != rustix::net::AddressFamily::UNIX {
+        return None;
+    }
+    match addr.addr_len() {
+        // rustix reads an unnamed address as an empty abstract name.
+        SUN_PATH_OFFSET => return Some(Address::Unix(UnixAddress::Unnamed)),
+        len if len > SOCKADDR_UN_LEN => return None,
+        _ => {}
+    }
+    let unix = rustix::net::SocketAddrUnix::try_from(addr).ok()?;
+    if let Some(p) = unix.path_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        return Some(Address::Unix(UnixAddress::Path(PathBuf::from(
+            std::ffi::OsStr::from_bytes(p),
+        ))));
+    }
+    unix.abstract_name()
+        .map(|n| Address::Unix(UnixAddress::Abstract(n.to_vec())))
 }
 
 /// A socket address for a Linux abstract name.

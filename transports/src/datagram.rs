@@ -27,10 +27,20 @@
 //! default), past which datagrams are dropped, counted ([`DatagramTransport::dropped`]) and,
 //! when the write is a direct one, reported as [`DatagramError::QueueFull`]. A datagram
 //! larger than the maximum datagram size (65,507 bytes by default) and an address of the
-//! wrong family are refused at once with [`DatagramError::TooLarge`] and
-//! [`DatagramError::WrongAddress`], batched or not. An I/O error from the kernel for a
+//! wrong family (including an IPv4 address, plain or IPv4-mapped, on an IPv6-only socket) are
+//! refused at once with [`DatagramError::TooLarge`] and [`DatagramError::WrongAddress`],
+//! batched or not. An I/O error from the kernel for a
 //! batched datagram is logged (at debug level) instead of returned, and a refusal in
 //! connected mode still reaches `connection_refused`.
+//!
+//! # Multicast
+//!
+//! A group and an interface must be of the same family (an IPv4 group with
+//! [`MulticastInterface::V4`] or `Any`, an IPv6 group with [`MulticastInterface::Index`] or
+//! `Any`); a mismatch is refused with `InvalidInput`. So is an interface of the wrong family
+//! for [`DatagramTransport::set_multicast_interface`], except that a dual-stack IPv6 socket
+//! accepts an IPv4 interface for its IPv4 multicast. `Any` resets the socket's own family
+//! (both, on a dual-stack socket).
 //!
 //! # Panics
 //!
@@ -58,7 +68,7 @@ use torsion_reactor::{
     DEFAULT_MAX_DATAGRAM_SIZE,
 };
 
-use crate::connector::sockaddr_to_address;
+use crate::connector::{any_to_address, sockaddr_to_address};
 
 const READS_PER_TURN: usize = 64;
 /// Most datagrams one `sendmmsg` call carries.
@@ -103,7 +113,12 @@ impl Default for DatagramOptions {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    Udp { v6: bool },
+    /// A UDP socket: `v6` for an IPv6 one, `v6_only` when it is also `IPV6_V6ONLY` (read
+    /// from the socket when it starts), so that it cannot reach IPv4 peers at all.
+    Udp {
+        v6: bool,
+        v6_only: bool,
+    },
     Unix,
 }
 
@@ -204,9 +219,21 @@ fn sockaddr_of(kind: Kind, to: &Address) -> std::result::Result<SocketAddrAny, D
             .map_err(|e| DatagramError::Io(e.into()))
     };
     match (kind, to) {
-        (Kind::Udp { v6: false }, Address::Inet(a @ SocketAddr::V4(_))) => Ok((*a).into()),
-        (Kind::Udp { v6: true }, Address::Inet(SocketAddr::V6(a))) => Ok((*a).into()),
-        (Kind::Udp { v6: true }, Address::Inet(SocketAddr::V4(a))) => {
+        (Kind::Udp { v6: false, .. }, Address::Inet(a @ SocketAddr::V4(_))) => Ok((*a).into()),
+        // An IPv6-only socket cannot reach IPv4 peers, mapped or not: the kernel would refuse
+        // the datagram (ENETUNREACH), and a batched one would be dropped unseen.
+        (Kind::Udp { v6: true, v6_only }, Address::Inet(SocketAddr::V6(a)))
+            if !(v6_only && a.ip().to_ipv4_mapped().is_some()) =>
+        {
+            Ok((*a).into())
+        }
+        (
+            Kind::Udp {
+                v6: true,
+                v6_only: false,
+            },
+            Address::Inet(SocketAddr::V4(a)),
+        ) => {
             // An IPv4 peer of a dual-stack socket, as a mapped address.
             Ok(SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()).into())
         }
@@ -218,32 +245,18 @@ fn sockaddr_of(kind: Kind, to: &Address) -> std::result::Result<SocketAddrAny, D
     }
 }
 
+/// The sender of a datagram: IPv4 peers of a dual-stack socket are shown as IPv4.
 fn from_any(addr: Option<SocketAddrAny>, kind: Kind) -> Address {
-    if let Some(addr) = addr {
-        if let Ok(a) = SocketAddr::try_from(addr.clone()) {
-            return Address::Inet(match a {
-                // Show IPv4 peers of dual-stack sockets as IPv4.
-                SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-                    Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-                    None => a,
-                },
-                a => a,
-            });
+    match (addr.and_then(any_to_address), kind) {
+        (Some(Address::Inet(SocketAddr::V6(v6))), _) => {
+            Address::Inet(match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+                None => SocketAddr::V6(v6),
+            })
         }
-        if let Ok(u) = SocketAddrUnix::try_from(addr) {
-            if let Some(p) = u.path() {
-                return Address::Unix(UnixAddress::Path(std::path::PathBuf::from(
-                    std::ffi::OsStr::new(&*p.to_string_lossy()),
-                )));
-            }
-            if let Some(n) = u.abstract_name() {
-                return Address::Unix(UnixAddress::Abstract(n.to_vec()));
-            }
-        }
-    }
-    match kind {
-        Kind::Unix => Address::Unix(UnixAddress::Unnamed),
-        Kind::Udp { .. } => Address::Inet(SocketAddr::from(([0, 0, 0, 0], 0))),
+        (Some(a), _) => a,
+        (None, Kind::Unix) => Address::Unix(UnixAddress::Unnamed),
+        (None, Kind::Udp { .. }) => Address::Inet(SocketAddr::from(([0, 0, 0, 0], 0))),
     }
 }
 
@@ -259,6 +272,15 @@ impl DatagramSocket {
             .local_addr()
             .map(|a| sockaddr_to_address(&a))
             .map_err(|e| Error::io("read the bound address", e))?;
+        let kind = match kind {
+            Kind::Udp { v6: true, .. } => Kind::Udp {
+                v6: true,
+                v6_only: socket
+                    .only_v6()
+                    .map_err(|e| Error::io(format!("read IPV6_V6ONLY of UDP {local}"), e))?,
+            },
+            kind => kind,
+        };
         let reg = Registered::new(reactor, socket, Interest::READABLE)?;
         let sock = Rc::new_cyclic(|me| DatagramSocket {
             me: me.clone(),
@@ -521,7 +543,7 @@ impl DatagramSocket {
 
     fn ip_socket<R>(&self, f: impl FnOnce(&Socket, bool) -> io::Result<R>) -> io::Result<R> {
         match self.kind {
-            Kind::Udp { v6 } => self.with_socket(|s| f(s, v6)),
+            Kind::Udp { v6, .. } => self.with_socket(|s| f(s, v6)),
             Kind::Unix => Err(io::ErrorKind::Unsupported.into()),
         }
     }
@@ -628,18 +650,24 @@ impl DatagramTransport for DatagramSocket {
     fn join_group(&self, group: IpAddr, interface: MulticastInterface) -> io::Result<()> {
         self.ip_socket(|s, _| match (group, interface) {
             (IpAddr::V4(g), MulticastInterface::V4(i)) => s.join_multicast_v4(&g, &i),
-            (IpAddr::V4(g), _) => s.join_multicast_v4(&g, &std::net::Ipv4Addr::UNSPECIFIED),
+            (IpAddr::V4(g), MulticastInterface::Any) => {
+                s.join_multicast_v4(&g, &std::net::Ipv4Addr::UNSPECIFIED)
+            }
             (IpAddr::V6(g), MulticastInterface::Index(i)) => s.join_multicast_v6(&g, i),
-            (IpAddr::V6(g), _) => s.join_multicast_v6(&g, 0),
+            (IpAddr::V6(g), MulticastInterface::Any) => s.join_multicast_v6(&g, 0),
+            _ => Err(family_mismatch(group, interface)),
         })
     }
 
     fn leave_group(&self, group: IpAddr, interface: MulticastInterface) -> io::Result<()> {
         self.ip_socket(|s, _| match (group, interface) {
             (IpAddr::V4(g), MulticastInterface::V4(i)) => s.leave_multicast_v4(&g, &i),
-            (IpAddr::V4(g), _) => s.leave_multicast_v4(&g, &std::net::Ipv4Addr::UNSPECIFIED),
+            (IpAddr::V4(g), MulticastInterface::Any) => {
+                s.leave_multicast_v4(&g, &std::net::Ipv4Addr::UNSPECIFIED)
+            }
             (IpAddr::V6(g), MulticastInterface::Index(i)) => s.leave_multicast_v6(&g, i),
-            (IpAddr::V6(g), _) => s.leave_multicast_v6(&g, 0),
+            (IpAddr::V6(g), MulticastInterface::Any) => s.leave_multicast_v6(&g, 0),
+            _ => Err(family_mismatch(group, interface)),
         })
     }
 
@@ -664,10 +692,31 @@ impl DatagramTransport for DatagramSocket {
     }
 
     fn set_multicast_interface(&self, interface: MulticastInterface) -> io::Result<()> {
-        self.ip_socket(|s, _| match interface {
-            MulticastInterface::V4(i) => s.set_multicast_if_v4(&i),
-            MulticastInterface::Index(i) => s.set_multicast_if_v6(i),
-            MulticastInterface::Any => s.set_multicast_if_v4(&std::net::Ipv4Addr::UNSPECIFIED),
+        let Kind::Udp { v6, v6_only } = self.kind else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let any_v4 = std::net::Ipv4Addr::UNSPECIFIED;
+        self.with_socket(|s| match (interface, v6) {
+            (MulticastInterface::Any, false) => s.set_multicast_if_v4(&any_v4),
+            (MulticastInterface::Any, true) => {
+                s.set_multicast_if_v6(0)?;
+                // A dual-stack socket also sends IPv4 multicast, whose interface is separate.
+                if !v6_only {
+                    s.set_multicast_if_v4(&any_v4)?;
+                }
+                Ok(())
+            }
+            (MulticastInterface::Index(i), true) => s.set_multicast_if_v6(i),
+            // On a dual-stack socket the IPv4 interface governs its IPv4 multicast.
+            (MulticastInterface::V4(i), _) if !v6_only => s.set_multicast_if_v4(&i),
+            (MulticastInterface::V4(_), _) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an IPv4 multicast interface on an IPv6-only socket",
+            )),
+            (MulticastInterface::Index(_), false) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an IPv6 interface index on an IPv4 socket",
+            )),
         })
     }
 
@@ -684,6 +733,14 @@ impl DatagramTransport for DatagramSocket {
             .upgrade()
             .expect("datagram sockets are only used while their reactor exists")
     }
+}
+
+/// The error for a multicast group with an interface of the other family.
+fn family_mismatch(group: IpAddr, interface: MulticastInterface) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("multicast group {group} and interface {interface:?} are of different families"),
+    )
 }
 
 fn apply(socket: &Socket, options: &DatagramOptions, context: &str) -> Result<()> {
@@ -743,7 +800,11 @@ pub(crate) fn listen_udp(
     socket
         .bind(&addr.into())
         .map_err(|e| Error::io(format!("bind {context}"), e))?;
-    let kind = Kind::Udp { v6: addr.is_ipv6() };
+    // `start` reads whether the socket is IPv6-only from the socket itself.
+    let kind = Kind::Udp {
+        v6: addr.is_ipv6(),
+        v6_only: false,
+    };
     DatagramSocket::start(reactor, socket, kind, protocol, &options)
 }
 

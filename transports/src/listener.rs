@@ -37,6 +37,7 @@ use torsion_reactor::{
     SharedFactory, Source, StreamConnection, Transport, TransportHandle, WeakReactor,
 };
 
+use crate::connector::{any_to_address, sockaddr_to_address};
 use crate::socket::{SocketIo, SocketKind};
 
 const MIN_BATCH: usize = 8;
@@ -132,13 +133,19 @@ impl Listener {
                 Ok((fd, peer)) => {
                     accepted += 1;
                     self.pause.set(FIRST_PAUSE);
-                    let peer = match (self.kind, peer) {
-                        (SocketKind::Tcp, Some(addr)) => std::net::SocketAddr::try_from(addr)
-                            .map(Address::Inet)
-                            .unwrap_or_else(|_| self.local.clone()),
-                        _ => Address::Unix(torsion_reactor::UnixAddress::Unnamed),
+                    let socket = Socket::from(fd);
+                    // A Unix client that bound a path or an abstract name shows it (Twisted's
+                    // getPeer does); an unbound one is unnamed.
+                    let peer = match (peer.and_then(any_to_address), self.kind) {
+                        (Some(addr), _) => addr,
+                        (None, SocketKind::Tcp) => self.local.clone(),
+                        // Rare: a client path that fills all of `sun_path`. Ask again.
+                        (None, SocketKind::Unix) => socket
+                            .peer_addr()
+                            .map(|a| sockaddr_to_address(&a))
+                            .unwrap_or(Address::Unix(torsion_reactor::UnixAddress::Unnamed)),
                     };
-                    self.accepted(reactor, Socket::from(fd), peer);
+                    self.accepted(reactor, socket, peer);
                 }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => {}

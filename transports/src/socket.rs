@@ -1,12 +1,12 @@
 //! [`StreamIo`] over a registered, non-blocking stream socket (TCP or Unix).
 
 use std::io::{self, IoSlice, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use rustix::net::{SendAncillaryBuffer, SendFlags};
-use socket2::{Socket, TcpKeepalive};
+use rustix::net::{sockopt, SendAncillaryBuffer, SendFlags};
+use socket2::Socket;
 use torsion_reactor::{Interest, Keepalive, PeerCredentials, Registered, Source, StreamIo};
 
 /// Which kind of stream socket, for the options that only one kind has.
@@ -20,6 +20,9 @@ pub(crate) enum SocketKind {
 ///
 /// Writes use `send(MSG_NOSIGNAL)`, so writing into a reset connection returns `EPIPE` to the
 /// transport instead of raising SIGPIPE, whatever the process's SIGPIPE disposition.
+///
+/// Keepalive times are rounded up to whole seconds, at least one (the kernel counts in
+/// seconds): `Keepalive::after(500 ms)` probes after 1 s.
 pub(crate) struct SocketIo {
     pub(crate) reg: Registered<Socket>,
     pub(crate) kind: SocketKind,
@@ -75,19 +78,10 @@ impl StreamIo for SocketIo {
         if self.kind != SocketKind::Tcp {
             return Err(io::ErrorKind::Unsupported.into());
         }
-        let socket = self.reg.get_ref();
+        let fd = self.reg.get_ref().as_fd();
         match keepalive {
-            None => socket.set_keepalive(false),
-            Some(k) => {
-                let mut params = TcpKeepalive::new().with_time(k.idle);
-                if let Some(interval) = k.interval {
-                    params = params.with_interval(interval);
-                }
-                if let Some(count) = k.count {
-                    params = params.with_retries(count);
-                }
-                socket.set_tcp_keepalive(&params)
-            }
+            None => Ok(sockopt::set_socket_keepalive(fd, false)?),
+            Some(k) => set_tcp_keepalive(fd, k),
         }
     }
 
@@ -101,5 +95,57 @@ impl StreamIo for SocketIo {
             uid: cred.uid.as_raw(),
             gid: cred.gid.as_raw(),
         })
+    }
+}
+
+/// A keepalive time as the kernel takes it: whole seconds, rounded up, at least one (the
+/// kernel refuses zero, and rounding down would probe sooner than asked).
+fn whole_seconds(d: Duration) -> Duration {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    Duration::from_secs(secs.max(1))
+}
+
+/// Applies `k` to a TCP socket: `TCP_KEEPIDLE`, `TCP_KEEPINTVL` and `TCP_KEEPCNT` first, then
+/// `SO_KEEPALIVE` on, so that a refused setting leaves keepalive as it was. The times are
+/// rounded up to whole seconds (at least one) by [`whole_seconds`]; if the kernel refuses
+/// one of the settings, those already changed are put back and the error is returned.
+fn set_tcp_keepalive(fd: BorrowedFd<'_>, k: &Keepalive) -> io::Result<()> {
+    let old = (
+        sockopt::tcp_keepidle(fd)?,
+        sockopt::tcp_keepintvl(fd)?,
+        sockopt::tcp_keepcnt(fd)?,
+    );
+    let set = || -> rustix::io::Result<()> {
+        sockopt::set_tcp_keepidle(fd, whole_seconds(k.idle))?;
+        if let Some(interval) = k.interval {
+            sockopt::set_tcp_keepintvl(fd, whole_seconds(interval))?;
+        }
+        if let Some(count) = k.count {
+            sockopt::set_tcp_keepcnt(fd, count)?;
+        }
+        sockopt::set_socket_keepalive(fd, true)
+    };
+    set().map_err(|e| {
+        // Best effort: these values were accepted before.
+        let _ = sockopt::set_tcp_keepidle(fd, old.0);
+        let _ = sockopt::set_tcp_keepintvl(fd, old.1);
+        let _ = sockopt::set_tcp_keepcnt(fd, old.2);
+        io::Error::from(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_seconds;
+    use std::time::Duration;
+
+    #[test]
+    fn keepalive_times_round_up_to_whole_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(whole_seconds(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(whole_seconds(ms(1)), Duration::from_secs(1));
+        assert_eq!(whole_seconds(ms(1000)), Duration::from_secs(1));
+        assert_eq!(whole_seconds(ms(1001)), Duration::from_secs(2));
+        assert_eq!(whole_seconds(ms(7500)), Duration::from_secs(8));
     }
 }

@@ -754,3 +754,183 @@ fn connect_while_the_connection_is_still_closing_is_ignored_until_it_is_lost() {
     assert!(outcome.borrow().failed.is_empty());
     drop(listener.accept().unwrap());
 }
+
+/// A client factory that builds no protocol (or panics building one), and connects again
+/// after each failure until it has tried `tries` times.
+struct Refuser {
+    outcome: Rc<RefCell<Outcome>>,
+    panic: bool,
+    tries: usize,
+}
+
+impl ClientFactory for Refuser {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        self.outcome.borrow_mut().built += 1;
+        if self.panic {
+            panic!("no protocol today");
+        }
+        None
+    }
+    fn started_connecting(&mut self, _connector: &Connector) {
+        self.outcome.borrow_mut().started += 1;
+    }
+    fn client_connection_failed(&mut self, connector: &Connector, reason: CloseReason) {
+        let mut o = self.outcome.borrow_mut();
+        o.failed.push(reason);
+        if o.failed.len() < self.tries {
+            connector.connect();
+        }
+    }
+    fn client_connection_lost(&mut self, _connector: &Connector, reason: CloseReason) {
+        self.outcome.borrow_mut().lost.push(reason);
+    }
+}
+
+fn run_refuser(panic: bool, tries: usize) -> Rc<RefCell<Outcome>> {
+    let reactor = Reactor::new().unwrap();
+    let addr = listen(&reactor, |_: &Address| Echo);
+    let outcome = Rc::new(RefCell::new(Outcome::default()));
+    let _connector = reactor.connect_tcp(
+        "127.0.0.1",
+        addr.port(),
+        Refuser {
+            outcome: outcome.clone(),
+            panic,
+            tries,
+        },
+    );
+    let o = outcome.clone();
+    run_until(&reactor, "every attempt to fail", move || {
+        o.borrow().failed.len() >= tries
+    });
+    run_for(&reactor, Duration::from_millis(100));
+    outcome
+}
+
+#[test]
+fn a_client_factory_building_no_protocol_hears_connection_failed() {
+    let outcome = run_refuser(false, 1);
+    let o = outcome.borrow();
+    assert_eq!((o.started, o.built), (1, 1));
+    assert!(o.lost.is_empty(), "lost: {:?}", o.lost);
+    assert_eq!(o.failed.len(), 1, "failed: {:?}", o.failed);
+    assert!(
+        matches!(o.failed[0], CloseReason::NoProtocol),
+        "{:?}",
+        o.failed[0]
+    );
+}
+
+#[test]
+fn a_client_factory_panicking_in_build_protocol_hears_connection_failed() {
+    let outcome = run_refuser(true, 1);
+    let o = outcome.borrow();
+    assert_eq!((o.started, o.built), (1, 1));
+    assert!(o.lost.is_empty(), "lost: {:?}", o.lost);
+    assert_eq!(o.failed.len(), 1, "failed: {:?}", o.failed);
+    assert!(
+        matches!(&o.failed[0], CloseReason::Panic(m) if m.contains("no protocol today")),
+        "{:?}",
+        o.failed[0]
+    );
+}
+
+#[test]
+fn a_reconnecting_factory_that_builds_no_protocol_keeps_trying() {
+    let outcome = run_refuser(false, 3);
+    let o = outcome.borrow();
+    assert_eq!((o.started, o.built, o.failed.len()), (3, 3, 3));
+    assert!(o.lost.is_empty(), "lost: {:?}", o.lost);
+}
+
+/// Sets keepalive options in `connection_made` and records each result.
+struct KeepaliveSetter {
+    settings: Vec<Option<torsion_reactor::Keepalive>>,
+    results: Rc<RefCell<Option<Vec<std::io::Result<()>>>>>,
+}
+
+impl Protocol for KeepaliveSetter {
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        let results = self
+            .settings
+            .drain(..)
+            .map(|k| t.set_keepalive(k))
+            .collect();
+        *self.results.borrow_mut() = Some(results);
+    }
+}
+
+/// The accepted socket whose peer is `peer`, among the process's descriptors.
+fn accepted_socket(peer: SocketAddr) -> Socket {
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_str().unwrap().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: only inspected, while the test owns every descriptor of the process it
+        // looks at (a racing close elsewhere makes getpeername fail, which is skipped).
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if SockRef::from(&b)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            == Some(peer)
+        {
+            return Socket::from(b.try_clone_to_owned().unwrap());
+        }
+    }
+    panic!("no socket connected to {peer}");
+}
+
+/// Sets `settings` on an accepted connection; returns the results and the server's socket.
+fn set_keepalives(
+    settings: Vec<Option<torsion_reactor::Keepalive>>,
+) -> (Vec<std::io::Result<()>>, Socket, std::net::TcpStream) {
+    let reactor = Reactor::new().unwrap();
+    let results = Rc::new(RefCell::new(None));
+    let r2 = results.clone();
+    let addr = listen(&reactor, move |_: &Address| KeepaliveSetter {
+        settings: settings.clone(),
+        results: r2.clone(),
+    });
+    let client = std::net::TcpStream::connect(addr).unwrap();
+    let r = results.clone();
+    run_until(&reactor, "connection_made", move || r.borrow().is_some());
+    let server = accepted_socket(client.local_addr().unwrap());
+    let got = results.borrow_mut().take().unwrap();
+    (got, server, client)
+}
+
+#[test]
+fn sub_second_keepalive_times_round_up_to_whole_seconds() {
+    use torsion_reactor::Keepalive;
+    let (results, server, _client) = set_keepalives(vec![Some(Keepalive {
+        idle: Duration::from_millis(500),
+        interval: Some(Duration::from_millis(1500)),
+        count: Some(3),
+    })]);
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(server.keepalive().unwrap());
+    assert_eq!(server.tcp_keepalive_time().unwrap(), Duration::from_secs(1));
+    assert_eq!(
+        server.tcp_keepalive_interval().unwrap(),
+        Duration::from_secs(2)
+    );
+    assert_eq!(server.tcp_keepalive_retries().unwrap(), 3);
+}
+
+#[test]
+fn a_refused_keepalive_setting_leaves_keepalive_as_it_was() {
+    use torsion_reactor::Keepalive;
+    let bad = Keepalive {
+        idle: Duration::from_secs(5),
+        interval: None,
+        count: Some(0), // TCP_KEEPCNT must be at least 1
+    };
+    let (results, server, _client) = set_keepalives(vec![Some(bad)]);
+    assert!(results[0].is_err());
+    assert!(
+        !server.keepalive().unwrap(),
+        "a failed set_keepalive left SO_KEEPALIVE on"
+    );
+}

@@ -191,10 +191,10 @@ impl ClientFactory for Refuser {
     }
 }
 
-/// As on plain TCP, a client factory that builds no protocol is told neither that the
-/// connection failed nor that it was lost: it was never made.
+/// As on plain TCP, a client factory that builds no protocol hears that the attempt failed
+/// with `NoProtocol`, and never that a connection was lost: it was never made.
 #[test]
-fn refusing_client_factory_gets_no_client_connection_lost() {
+fn a_client_factory_refusing_after_the_handshake_hears_no_protocol() {
     let (_d, c) = certs(&[]);
     let reactor = Reactor::new().unwrap();
     let port = reactor
@@ -216,8 +216,8 @@ fn refusing_client_factory_gets_no_client_connection_lost() {
         calls.lost
     );
     assert!(
-        calls.failed.is_empty(),
-        "client_connection_failed for a refused connection: {:?}",
+        matches!(calls.failed.as_slice(), [CloseReason::NoProtocol]),
+        "one client_connection_failed(NoProtocol), as on TCP: {:?}",
         calls.failed
     );
 }

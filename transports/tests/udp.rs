@@ -804,3 +804,148 @@ fn socket_options_are_accepted() {
         .listen_multiple(shared, DgRecorder::new(&dg_record()))
         .expect("listen_multiple shares a port");
 }
+
+/// Writes to `to` from `datagram_received` and records the result.
+struct WriteFromCallback {
+    to: Address,
+    results: Rc<RefCell<Vec<String>>>,
+}
+
+impl DatagramProtocol for WriteFromCallback {
+    fn datagram_received(&mut self, t: &mut dyn DatagramTransport, _: &[u8], _: &Address) {
+        let r = t.write_to(b"reply", &self.to);
+        self.results.borrow_mut().push(format!("{r:?}"));
+    }
+}
+
+/// The result of writing to `to` from a socket bound to `bind` (port 0) with `ipv6_only`:
+/// first directly, then batched from `datagram_received`. (Linux makes a socket bound to a
+/// specific IPv6 address, such as `::1`, IPv6-only whatever `ipv6_only` says.)
+fn write_from_v6(bind: &str, ipv6_only: bool, to: &str) -> (String, String) {
+    let reactor = Reactor::new().unwrap();
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let to = inet(to.parse().unwrap());
+    let port = reactor
+        .listen_udp_with(
+            (bind, 0),
+            WriteFromCallback {
+                to: to.clone(),
+                results: results.clone(),
+            },
+            DatagramOptions {
+                ipv6_only,
+                ..DatagramOptions::default()
+            },
+        )
+        .unwrap();
+    let direct = format!("{:?}", port.write_to(b"x", &to));
+    let peer = UdpSocket::bind("[::1]:0").unwrap();
+    let port_number = port.local_address().socket_addr().unwrap().port();
+    peer.send_to(b"hi", ("::1", port_number)).unwrap();
+    let r = results.clone();
+    run_until(&reactor, "the datagram", move || !r.borrow().is_empty());
+    port.stop_listening();
+    let batched = results.borrow()[0].clone();
+    (direct, batched)
+}
+
+#[test]
+fn an_ipv4_destination_on_an_ipv6_only_socket_is_a_wrong_address() {
+    for (bind, ipv6_only, to) in [
+        ("::1", true, "127.0.0.1:9"),
+        ("::1", true, "[::ffff:127.0.0.1]:9"),
+        ("::", true, "127.0.0.1:9"),
+        ("::1", false, "127.0.0.1:9"), // IPv6-only all the same, being bound to ::1
+    ] {
+        let (direct, batched) = write_from_v6(bind, ipv6_only, to);
+        assert!(direct.contains("WrongAddress"), "{to} direct: {direct}");
+        assert!(batched.contains("WrongAddress"), "{to} batched: {batched}");
+    }
+}
+
+#[test]
+fn an_ipv4_destination_on_a_dual_stack_socket_is_sent() {
+    let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    v4.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let to = v4.local_addr().unwrap().to_string();
+    let (direct, batched) = write_from_v6("::", false, &to);
+    assert_eq!((direct.as_str(), batched.as_str()), ("Ok(())", "Ok(())"));
+    let mut buf = [0u8; 16];
+    assert_eq!(v4.recv_from(&mut buf).unwrap().0, 1); // "x"
+    assert_eq!(v4.recv_from(&mut buf).unwrap().0, 5); // "reply"
+}
+
+/// Our own socket bound to `addr`, among the process's descriptors.
+fn own_socket(addr: SocketAddr) -> socket2::Socket {
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_str().unwrap().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: only inspected (and duplicated) while the test owns the descriptor.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if socket2::SockRef::from(&b)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            == Some(addr)
+        {
+            return socket2::Socket::from(b.try_clone_to_owned().unwrap());
+        }
+    }
+    panic!("no socket bound to {addr}");
+}
+
+#[test]
+fn multicast_interface_any_resets_the_ipv6_interface() {
+    let reactor = Reactor::new().unwrap();
+    let port = reactor
+        .listen_udp("[::1]:0", DgRecorder::new(&dg_record()))
+        .unwrap();
+    let socket = own_socket(port.local_address().socket_addr().unwrap());
+    port.set_multicast_interface(MulticastInterface::Index(1))
+        .unwrap();
+    assert_eq!(socket.multicast_if_v6().unwrap(), 1);
+    port.set_multicast_interface(MulticastInterface::Any)
+        .unwrap();
+    assert_eq!(socket.multicast_if_v6().unwrap(), 0);
+    // An IPv4 interface on an IPv6 socket, and the other way round, are refused.
+    let e = port
+        .set_multicast_interface(MulticastInterface::V4(Ipv4Addr::LOCALHOST))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let v4 = reactor
+        .listen_udp("127.0.0.1:0", DgRecorder::new(&dg_record()))
+        .unwrap();
+    v4.set_multicast_interface(MulticastInterface::Any).unwrap();
+    let e = v4
+        .set_multicast_interface(MulticastInterface::Index(1))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+#[test]
+fn multicast_group_and_interface_of_different_families_are_refused() {
+    let reactor = Reactor::new().unwrap();
+    let port = reactor
+        .listen_udp("0.0.0.0:0", DgRecorder::new(&dg_record()))
+        .unwrap();
+    let v4_group: IpAddr = test_group().into();
+    let v6_group: IpAddr = "ff12::1234".parse().unwrap();
+    for (group, interface) in [
+        (v4_group, MulticastInterface::Index(1)),
+        (v6_group, MulticastInterface::V4(Ipv4Addr::LOCALHOST)),
+    ] {
+        let e = port.join_group(group, interface).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::InvalidInput,
+            "join {group} {interface:?}"
+        );
+        let e = port.leave_group(group, interface).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::InvalidInput,
+            "leave {group} {interface:?}"
+        );
+    }
+}

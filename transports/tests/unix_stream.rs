@@ -372,3 +372,95 @@ fn connecting_to_a_full_accept_queue_is_refused_at_once_without_spinning() {
     assert!(!log.made);
     drop(queued);
 }
+
+/// Records the peer address of each accepted connection.
+struct PeerRecorder(Rc<RefCell<Option<Address>>>);
+
+impl Protocol for PeerRecorder {
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        *self.0.borrow_mut() = Some(t.peer_address());
+    }
+}
+
+/// The peer address the server sees for a client bound to `client` (`None`: unbound).
+fn accepted_peer(client: Option<&socket2::SockAddr>) -> Address {
+    let dir = tempfile::tempdir().unwrap();
+    let server_path = dir.path().join("srv.sock");
+    let reactor = Reactor::new().unwrap();
+    let peer = Rc::new(RefCell::new(None));
+    let p2 = peer.clone();
+    let port = reactor
+        .listen_unix(&server_path, move |_: &Address| PeerRecorder(p2.clone()))
+        .unwrap();
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    if let Some(client) = client {
+        s.bind(client).unwrap();
+    }
+    s.connect(&socket2::SockAddr::unix(&server_path).unwrap())
+        .unwrap();
+    let p = peer.clone();
+    run_until(&reactor, "connection_made", move || p.borrow().is_some());
+    port.stop_listening();
+    let got = peer.borrow_mut().take().unwrap();
+    got
+}
+
+#[test]
+fn an_accepted_connection_reports_the_clients_bound_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let client_path = dir.path().join("cli.sock");
+    let bound = socket2::SockAddr::unix(&client_path).unwrap();
+    assert_eq!(
+        accepted_peer(Some(&bound)),
+        Address::Unix(UnixAddress::Path(client_path))
+    );
+}
+
+#[test]
+fn an_accepted_connection_reports_the_clients_abstract_name() {
+    let name = format!("torsion-test-peer-{}", std::process::id());
+    let mut raw = vec![0u8];
+    raw.extend_from_slice(name.as_bytes());
+    use std::os::unix::ffi::OsStrExt;
+    let bound = socket2::SockAddr::unix(std::ffi::OsStr::from_bytes(&raw)).unwrap();
+    assert_eq!(
+        accepted_peer(Some(&bound)),
+        Address::Unix(UnixAddress::Abstract(name.into_bytes()))
+    );
+}
+
+#[test]
+fn an_accepted_connection_from_an_unbound_client_is_unnamed() {
+    assert_eq!(accepted_peer(None), Address::Unix(UnixAddress::Unnamed));
+}
+
+#[test]
+fn an_accepted_connection_reports_a_client_path_that_fills_sun_path() {
+    // 108 bytes, no room for a NUL: legal on Linux, and the kernel then reports the address
+    // one byte longer than a `sockaddr_un` (rustix's parser would panic on it).
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::ffi::OsStrExt;
+    let pad = 108 - dir.path().as_os_str().len() - 1;
+    let client_path = dir.path().join("c".repeat(pad));
+    let bytes = client_path.as_os_str().as_bytes().to_vec();
+    assert_eq!(bytes.len(), 108);
+    // SAFETY: `try_init` hands over a zeroed `sockaddr_storage`, large enough for a
+    // `sockaddr_un`, and takes its length.
+    let (_, bound) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let sun = storage.cast::<libc::sockaddr_un>();
+            (*sun).sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (i, b) in bytes.iter().enumerate() {
+                (*sun).sun_path[i] = *b as libc::c_char;
+            }
+            *len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            Ok(())
+        })
+    }
+    .unwrap();
+    assert_eq!(
+        accepted_peer(Some(&bound)),
+        Address::Unix(UnixAddress::Path(client_path))
+    );
+}

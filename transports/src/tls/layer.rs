@@ -595,8 +595,8 @@ fn deliver_held(shared: &Shared, inner: &RefCell<Inner>) {
 /// How a client connection ended, for the client-factory wrapper.
 pub(crate) struct Outcome {
     pub(crate) made: bool,
-    /// The factory built no protocol after the handshake (reported to it as on TCP: not at
-    /// all).
+    /// The factory built no protocol after the handshake (reported to it as on TCP:
+    /// `client_connection_failed` with [`CloseReason::NoProtocol`]).
     pub(crate) refused: bool,
     pub(crate) reason: CloseReason,
 }
@@ -797,7 +797,7 @@ impl TlsProtocol {
                 Some(p) => *self.inner.borrow_mut() = Inner::Ready(p),
                 None => {
                     // The factory saw the connection and refused it: no protocol was made,
-                    // and (as on TCP) the factory hears nothing more about it.
+                    // and (as on TCP) the attempt failed with `NoProtocol`.
                     *self.inner.borrow_mut() = Inner::None;
                     self.refused = true;
                     shared.lose_connection();
@@ -1155,7 +1155,8 @@ impl ClientFactory for ClientFactoryWrapper {
     fn client_connection_lost(&mut self, connector: &Connector, reason: CloseReason) {
         let outcome = self.current.take().and_then(|s| s.borrow_mut().take());
         let (made, reason) = match outcome {
-            Some(o) if o.refused => return, // as on TCP: a refused connection is not reported
+            // As on TCP: connected, but the factory built no protocol.
+            Some(o) if o.refused => (false, CloseReason::NoProtocol),
             Some(o) => (o.made, o.reason),
             None => (true, reason),
         };

@@ -61,9 +61,9 @@
 //!   [`TlsError::HandshakeTimeout`] or [`TlsError::Rustls`].
 //! - On a client from `connect_tls`, the protocol is built only after the handshake: a
 //!   handshake failure reaches `ClientFactory::client_connection_failed` with the TLS
-//!   reason, never a protocol. A client factory that then builds no protocol (refuses) is
-//!   told nothing more about that connection (neither `client_connection_failed` nor
-//!   `client_connection_lost`), as on TCP; the connection is closed. On a server, the
+//!   reason, never a protocol. A client factory that then builds no protocol (refuses) gets
+//!   `client_connection_failed` with [`CloseReason::NoProtocol`](torsion_reactor::CloseReason::NoProtocol),
+//!   as on TCP; the connection is closed. On a server, the
 //!   factory is asked at accept time (so it can refuse cheaply); if the handshake then
 //!   fails, that protocol receives `connection_lost` with the reason but never
 //!   `connection_made`.
