@@ -143,6 +143,9 @@ struct State {
     scheduled: bool,
     /// Writes accepted so far (to tell whether a pull producer wrote anything).
     writes: u64,
+    /// The pull producer wrote nothing when last asked (a layer may hold its data, as TLS
+    /// does during a handshake): it is asked again once something is written.
+    pull_stalled: bool,
     reason: Option<CloseReason>,
     close_timer: Option<DelayedCall>,
     /// The write-buffer limits: the configured watermarks until the protocol sets its own.
@@ -192,10 +195,21 @@ enum Held {
     LoseWrite,
 }
 
-/// What a layer installed with `wrap_protocol` takes over in `redirect_handles`.
-struct Handover {
-    held: Vec<Held>,
-    handles: Option<TransportHandle>,
+/// A protocol swap in progress (see [`Transport::wrap_protocol`]); boxed, as most connections
+/// never swap.
+enum Swap {
+    /// `wrap_protocol` was called inside a callback: the wrapper, and what the protocol wrote
+    /// or closed since, held for the layer.
+    Pending {
+        wrap: ProtocolWrapper,
+        held: Vec<Held>,
+    },
+    /// The new layer's `connection_made` runs: the held calls and the handles taken before
+    /// the swap, for it to take over with `redirect_handles`.
+    Handover {
+        held: Vec<Held>,
+        handles: Option<TransportHandle>,
+    },
 }
 
 /// Replays held calls through `transport`.
@@ -220,13 +234,7 @@ pub struct StreamConnection<IO: StreamIo> {
     st: RefCell<State>,
     protocol: RefCell<Option<Box<dyn Protocol>>>,
     in_callback: Cell<bool>,
-    wrap: RefCell<Option<ProtocolWrapper>>,
-    /// While a swap is pending (`wrap_protocol` called in a callback): what the protocol
-    /// wrote or closed meanwhile, held for the layer.
-    held: RefCell<Option<Vec<Held>>>,
-    /// From the swap until the new layer calls `redirect_handles`: the held calls and the
-    /// handles taken before the swap.
-    handover: RefCell<Option<Handover>>,
+    swap: RefCell<Option<Box<Swap>>>,
     /// What every handle of this connection shares (so they can follow a layer that takes
     /// over); dead while no handle lives.
     handles: RefCell<Weak<HandleTarget>>,
@@ -269,6 +277,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 pending: 0,
                 scheduled: false,
                 writes: 0,
+                pull_stalled: false,
                 reason: None,
                 close_timer: None,
                 high_watermark: config.high_watermark,
@@ -276,9 +285,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
             }),
             protocol: RefCell::new(Some(protocol)),
             in_callback: Cell::new(false),
-            wrap: RefCell::new(None),
-            held: RefCell::new(None),
-            handover: RefCell::new(None),
+            swap: RefCell::new(None),
             handles: RefCell::new(Weak::new()),
             producer: RefCell::new(None),
             producer_replaced: Cell::new(false),
@@ -322,38 +329,48 @@ impl<IO: StreamIo> StreamConnection<IO> {
             self.finish(CloseReason::Panic(msg), true);
             return;
         }
-        let wrap = self.wrap.borrow_mut().take();
-        if let Some(wrap) = wrap {
-            self.swap_protocol(wrap);
+        if let Some(Swap::Pending { wrap, held }) = self.take_swap(true) {
+            self.swap_protocol(wrap, held);
         }
     }
 
+    /// Takes the swap in progress if it is pending (`pending`) or handing over (`!pending`).
+    fn take_swap(&self, pending: bool) -> Option<Swap> {
+        let mut swap = self.swap.borrow_mut();
+        let matches = match swap.as_deref() {
+            Some(Swap::Pending { .. }) => pending,
+            Some(Swap::Handover { .. }) => !pending,
+            None => false,
+        };
+        matches.then(|| *swap.take().expect("checked"))
+    }
+
     /// Applies a [`Transport::wrap_protocol`] request between callbacks.
-    fn swap_protocol(&self, wrap: ProtocolWrapper) {
-        let held = self.held.borrow_mut().take().unwrap_or_default();
+    fn swap_protocol(&self, wrap: ProtocolWrapper, held: Vec<Held>) {
         let Some(old) = self.protocol.borrow_mut().take() else {
             return;
         };
         // The handles taken so far go to the layer if it asks (`redirect_handles`); the
         // layer's own handles, taken from now on, stay on this connection.
         let handles = TransportHandle::upgrade(&self.handles.replace(Weak::new()));
-        *self.handover.borrow_mut() = Some(Handover { held, handles });
+        *self.swap.borrow_mut() = Some(Box::new(Swap::Handover { held, handles }));
         match catch_unwind_message(move || wrap(old)) {
             Ok(new) => {
                 self.st.borrow_mut().half_close = new.half_close();
                 *self.protocol.borrow_mut() = Some(new);
                 self.call_protocol(|p, t| p.connection_made(t));
-                // A layer that did not take over: the held calls go out as they are.
-                let handover = self.handover.borrow_mut().take();
-                if let Some(Handover { held, handles }) = handover {
-                    if let (Some(h), None) = (handles, self.handles.borrow().upgrade()) {
+                // A layer that did not take over: the held calls go out as they are, and the
+                // old handles stay this connection's unless the layer took new ones.
+                if let Some(Swap::Handover { held, handles }) = self.take_swap(false) {
+                    let live = self.handles.borrow().upgrade();
+                    if let (Some(h), None) = (handles, live) {
                         *self.handles.borrow_mut() = h.downgrade();
                     }
                     replay(self, held);
                 }
             }
             Err(msg) => {
-                self.handover.borrow_mut().take();
+                self.swap.borrow_mut().take();
                 tracing::error!(peer = %self.peer, panic = %msg, "protocol wrapper panicked; aborting this connection");
                 self.finish(CloseReason::Panic(msg), true);
             }
@@ -362,12 +379,12 @@ impl<IO: StreamIo> StreamConnection<IO> {
 
     /// While a swap is pending, keeps the call for the layer instead of making it.
     fn hold(&self, call: impl FnOnce() -> Held) -> bool {
-        match self.held.borrow_mut().as_mut() {
-            Some(held) => {
+        match self.swap.borrow_mut().as_deref_mut() {
+            Some(Swap::Pending { held, .. }) => {
                 held.push(call());
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -421,12 +438,18 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 READ_LOST => self.call_protocol(|p, t| p.read_connection_lost(t)),
                 WRITE_LOST => self.call_protocol(|p, t| p.write_connection_lost(t)),
                 PULL => {
-                    let before = self.st.borrow().writes;
+                    let before = {
+                        let mut st = self.st.borrow_mut();
+                        st.pull_stalled = false;
+                        st.writes
+                    };
                     self.call_producer(|p| p.resume_producing(), false);
-                    // A producer that wrote nothing is not asked again until it writes
-                    // (Twisted's rule): re-asking it would spin.
+                    // A producer that wrote nothing is not asked again until something is
+                    // written (Twisted's rule): re-asking it would spin.
                     if self.st.borrow().writes != before {
                         self.pull_again_if_drained();
+                    } else {
+                        self.st.borrow_mut().pull_stalled = true;
                     }
                 }
                 LOST => self.deliver_lost(),
@@ -517,7 +540,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
         }
         st.phase = Phase::Closed;
         st.wbuf.release();
-        self.held.borrow_mut().take();
+        drop(self.swap.borrow_mut().take());
         st.pending &= LOST | WRITE_LOST | READ_LOST;
         if let Some(timer) = st.close_timer.take() {
             timer.cancel();
@@ -749,7 +772,7 @@ impl<IO: StreamIo> Source for StreamConnection<IO> {
         drop(self.protocol.borrow_mut().take());
         drop(self.producer.borrow_mut().take());
         drop(self.on_lost.borrow_mut().take());
-        drop(self.wrap.borrow_mut().take());
+        drop(self.swap.borrow_mut().take());
     }
 
     fn ready(&self, readiness: Readiness) {
@@ -791,7 +814,14 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
                 None => return,
             };
             match result {
-                Ok(n) if n == data.len() => return,
+                Ok(n) if n == data.len() => {
+                    let stalled = std::mem::take(&mut st.pull_stalled);
+                    drop(st);
+                    if stalled {
+                        self.pull_again_if_drained();
+                    }
+                    return;
+                }
                 Ok(n) => st.wbuf.push(&data[n..]),
                 Err(e) => {
                     drop(st);
@@ -843,6 +873,11 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             0
         };
         if written == total {
+            let stalled = std::mem::take(&mut st.pull_stalled);
+            drop(st);
+            if stalled {
+                self.pull_again_if_drained();
+            }
             return;
         }
         st.wbuf.push_vectored(bufs, written);
@@ -966,6 +1001,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         }
         let mut st = self.st.borrow_mut();
         st.producer = Some(streaming);
+        st.pull_stalled = false;
         let flag = match streaming {
             // A pause still pending reaches the new producer with the protocol's; after it
             // was delivered, only the producer needs telling.
@@ -995,24 +1031,34 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
-        if self.is_closing() || self.wrap.borrow().is_some() {
+        // One swap at a time (a layer's `connection_made` may not start another).
+        if self.is_closing() || self.swap.borrow().is_some() {
             return false;
         }
         if self.in_callback.get() {
-            *self.wrap.borrow_mut() = Some(wrap);
-            *self.held.borrow_mut() = Some(Vec::new());
+            let held = Vec::new();
+            *self.swap.borrow_mut() = Some(Box::new(Swap::Pending { wrap, held }));
         } else {
-            self.swap_protocol(wrap);
+            self.swap_protocol(wrap, Vec::new());
         }
         true
     }
 
     fn redirect_handles(&self, to: TransportHandle) {
-        let Some(Handover { held, handles }) = self.handover.borrow_mut().take() else {
+        let Some(Swap::Handover { held, handles }) = self.take_swap(false) else {
             return;
         };
         if let Some(old) = handles {
             old.redirect(to.clone());
+        }
+        // A producer registered before writes through the old handles: the layer takes it
+        // (the TLS layer wraps it, so its writes are encrypted and it is paused by the
+        // ciphertext it buffers; left here, a pull producer would not be asked again).
+        let streaming = self.st.borrow().producer;
+        let producer = self.producer.borrow_mut().take();
+        if let (Some(streaming), Some(producer)) = (streaming, producer) {
+            self.st.borrow_mut().producer = None;
+            to.register_producer(producer, streaming);
         }
         replay(&*to, held);
     }

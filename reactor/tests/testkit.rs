@@ -977,6 +977,12 @@ impl Protocol for Upgradable {
             assert!(transport.wrap_protocol(Box::new(move |inner| {
                 Box::new(Shouting { inner, made }) as Box<dyn Protocol>
             })));
+            assert!(
+                !transport.wrap_protocol(Box::new(|p| p)),
+                "one swap at a time"
+            );
+            // Held until the swap, then written as it is (`Shouting` takes no handles over).
+            transport.write(b";held");
         } else {
             transport.write(data);
         }
@@ -1008,12 +1014,15 @@ fn wrap_protocol_swaps_the_protocol_between_callbacks() {
     let st = StringTransport::connect(&mr, Upgradable { made: made.clone() });
     st.feed(b"quiet");
     assert_eq!(st.take(), b"quiet");
+    let handle = st.transport().handle(); // a handle taken before the swap stays usable
     st.feed(b"UPGRADE");
     assert_eq!(
         st.take(),
-        b"OK",
-        "bytes written before the swap go out unchanged"
+        b"OK;held",
+        "bytes written before and after wrap_protocol go out unchanged"
     );
+    handle.write(b"via the old handle");
+    assert_eq!(st.take(), b"via the old handle");
     assert_eq!(
         made.get(),
         11,

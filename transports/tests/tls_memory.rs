@@ -1351,3 +1351,126 @@ fn platform_roots_build_when_the_machine_has_a_trust_store() {
         Err(e) => panic!("the system trust store exists but did not load: {e}"),
     }
 }
+
+/// A pull producer registered on a connection that is being upgraded to TLS keeps being asked
+/// for chunks (the layer takes it over and wraps it), and its chunks arrive encrypted.
+mod producer_across_start_tls {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use torsion_reactor::prelude::*;
+    use torsion_reactor::testing::{connect_pair, MemoryOptions, MemoryReactor};
+    use torsion_reactor::Producer;
+    use torsion_transports::tls::{self, ClientTlsConfig, ServerTlsConfig, TlsRole};
+
+    /// A pull producer writing `total` small chunks through a handle, then closing.
+    struct Chunks {
+        handle: TransportHandle,
+        left: usize,
+        asked: Rc<Cell<usize>>,
+    }
+
+    impl Producer for Chunks {
+        fn resume_producing(&mut self) {
+            self.asked.set(self.asked.get() + 1);
+            if self.left > 0 {
+                self.left -= 1;
+                self.handle.write(b"chunk;");
+            } else {
+                self.handle.unregister_producer();
+                self.handle.lose_connection();
+            }
+        }
+    }
+
+    /// On `STARTTLS`: acknowledges, upgrades, and streams its answer with a pull producer
+    /// (registered in the same callback, so on the stream connection, and writing through a
+    /// handle, which follows the layer).
+    struct Server {
+        config: ServerTlsConfig,
+        upgraded: bool,
+        asked: Rc<Cell<usize>>,
+    }
+
+    impl Protocol for Server {
+        fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+            if !self.upgraded && data.ends_with(b"STARTTLS\n") {
+                self.upgraded = true;
+                t.write(b"OK\n");
+                assert!(tls::start_tls(t, TlsRole::Server(self.config.clone())));
+                let handle = t.handle();
+                t.register_producer(
+                    Box::new(Chunks {
+                        handle,
+                        left: 10,
+                        asked: self.asked.clone(),
+                    }),
+                    false,
+                );
+            }
+        }
+    }
+
+    struct Client {
+        config: ClientTlsConfig,
+        upgraded: bool,
+        data: Rc<RefCell<Vec<u8>>>,
+    }
+
+    impl Protocol for Client {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.write(b"STARTTLS\n");
+        }
+        fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+            if !self.upgraded && data == b"OK\n" {
+                self.upgraded = true;
+                let role = TlsRole::Client {
+                    config: self.config.clone(),
+                    server_name: "localhost".into(),
+                };
+                assert!(tls::start_tls(t, role));
+            } else {
+                self.data.borrow_mut().extend_from_slice(data);
+            }
+        }
+    }
+
+    /// A pull producer registered after `start_tls` (or before it) writes through a handle that
+    /// now reaches the TLS transport, which collects the plaintext for the next turn: the stream
+    /// connection sees no write during the producer's call (`writes` unchanged), so by its rule
+    /// the producer is never asked again. The answer stalls after the first chunk.
+    #[test]
+    fn pull_producer_across_start_tls_is_asked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = tls::create_dev_certs(dir.path(), &[]).unwrap();
+        let server =
+            ServerTlsConfig::from_pem_files(&certs.server_cert, &certs.server_key, None).unwrap();
+        let client = ClientTlsConfig::with_ca_file(&certs.ca_cert).unwrap();
+        let mr = MemoryReactor::new();
+        let data = Rc::new(RefCell::new(Vec::new()));
+        let asked = Rc::new(Cell::new(0));
+        let pair = connect_pair(
+            mr.reactor(),
+            Client {
+                config: client,
+                upgraded: false,
+                data: data.clone(),
+            },
+            Server {
+                config: server,
+                upgraded: false,
+                asked: asked.clone(),
+            },
+            MemoryOptions::default(),
+        );
+        mr.advance(Duration::from_secs(30));
+        assert_eq!(
+            String::from_utf8_lossy(&data.borrow()),
+            "chunk;".repeat(10),
+            "producer asked {} times; server lost: {:?}",
+            asked.get(),
+            pair.server_lost()
+        );
+    }
+}
