@@ -148,7 +148,13 @@ fn signal_users_left() {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.shared.alive.store(false, Ordering::SeqCst);
+        {
+            // Under the queue's lock (see `ReactorHandle::call_from_thread`); work queued but
+            // never run is dropped here, on this thread.
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.alive.store(false, Ordering::SeqCst);
+            queue.clear();
+        }
         let signals: Vec<_> = self.signals.get_mut().drain(..).collect();
         if !signals.is_empty() {
             for id in signals {
@@ -702,14 +708,15 @@ impl ReactorHandle {
     /// Queues `f` to run on the reactor thread and wakes the reactor. Fails with
     /// [`Error::ReactorGone`] if the reactor no longer exists.
     pub fn call_from_thread(&self, f: impl FnOnce(&Reactor) + Send + 'static) -> Result<()> {
-        if !self.shared.alive.load(Ordering::SeqCst) {
-            return Err(Error::ReactorGone);
+        {
+            // Checked under the queue's lock, which the dropping reactor takes too: work is
+            // either queued before the reactor is gone, or refused.
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if !self.shared.alive.load(Ordering::SeqCst) {
+                return Err(Error::ReactorGone);
+            }
+            queue.push(Box::new(f));
         }
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(f));
         self.shared.pending.store(true, Ordering::Release);
         self.shared
             .waker

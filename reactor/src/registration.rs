@@ -1,8 +1,9 @@
 //! Registered event sources and the slot table that maps backend keys to them.
 //!
-//! A backend key is a slot index in the low 32 bits and the slot's generation in the high
-//! bits. A slot's generation is bumped every time it is freed, so an event still in flight for
-//! a closed source can never be delivered to whichever source reuses the slot.
+//! A backend key is a slot index in the low bits (32 of a 64-bit key, 20 of a 32-bit one) and
+//! the slot's generation in the high bits. A slot's generation is bumped every time it is
+//! freed, so an event still in flight for a closed source can never be delivered to whichever
+//! source reuses the slot.
 
 use std::cell::Cell;
 use std::fmt;
@@ -67,7 +68,7 @@ impl Slots {
 
     /// Frees a slot; returns the source it held so the caller can drop it outside the borrow.
     pub(crate) fn release(&mut self, key: usize) -> Option<Rc<dyn Source>> {
-        let index = (key & 0xffff_ffff) as u32;
+        let index = (key & INDEX_MASK) as u32;
         let slot = self.lookup_mut(key)?;
         slot.occupied = false;
         slot.generation = slot.generation.wrapping_add(1);
@@ -77,9 +78,9 @@ impl Slots {
     }
 
     pub(crate) fn get(&self, key: usize) -> Option<Rc<dyn Source>> {
-        let index = key & 0xffff_ffff;
+        let index = key & INDEX_MASK;
         let slot = self.slots.get(index)?;
-        if slot.occupied && slot.generation as usize == key >> 32 {
+        if slot.occupied && key_generation(slot.generation) == key >> INDEX_BITS {
             slot.source.clone()
         } else {
             None
@@ -87,9 +88,9 @@ impl Slots {
     }
 
     fn lookup_mut(&mut self, key: usize) -> Option<&mut Slot> {
-        let index = key & 0xffff_ffff;
+        let index = key & INDEX_MASK;
         let slot = self.slots.get_mut(index)?;
-        (slot.occupied && slot.generation as usize == key >> 32).then_some(slot)
+        (slot.occupied && key_generation(slot.generation) == key >> INDEX_BITS).then_some(slot)
     }
 
     pub(crate) fn live(&self) -> usize {
@@ -104,8 +105,22 @@ impl Slots {
     }
 }
 
+/// Bits of a key that hold the slot index: half of a 64-bit key; 20 bits (a million sources)
+/// of a 32-bit one, whose generation then wraps after 4,096 reuses of one slot.
+const INDEX_BITS: u32 = if usize::BITS >= 64 { 32 } else { 20 };
+const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
+
+/// The part of a slot's generation a key carries.
+fn key_generation(generation: u32) -> usize {
+    generation as usize & (usize::MAX >> INDEX_BITS)
+}
+
 fn key(index: u32, generation: u32) -> usize {
-    ((generation as usize) << 32) | index as usize
+    debug_assert!(
+        (index as usize) <= INDEX_MASK,
+        "too many sources for this platform"
+    );
+    (key_generation(generation) << INDEX_BITS) | index as usize
 }
 
 /// A descriptor registered with a reactor, owning the descriptor.
@@ -212,7 +227,7 @@ mod tests {
         slots.release(a);
         let b = slots.reserve();
         slots.set(b, Rc::new(Nop));
-        assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "slot reused");
+        assert_eq!(a & INDEX_MASK, b & INDEX_MASK, "slot reused");
         assert!(
             slots.get(a).is_none(),
             "stale key must not reach the new source"

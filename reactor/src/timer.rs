@@ -289,7 +289,7 @@ impl LoopingCall {
         let first = if now {
             reactor.now()
         } else {
-            reactor.now() + interval
+            reactor.now().saturating_add(interval)
         };
         let state = Rc::new(LoopState {
             interval,
@@ -313,8 +313,13 @@ impl LoopingCall {
             let now = r.now();
             let due = state.next.get();
             let late = now.saturating_sub(due);
-            let skipped = (late.as_nanos() / state.interval.as_nanos()) as u64;
-            state.next.set(due + state.interval * (skipped as u32 + 1));
+            let skipped = late.as_nanos() / state.interval.as_nanos();
+            // The next tick after `now`, in nanoseconds so no jump of the clock overflows it.
+            let ahead = state.interval.as_nanos().saturating_mul(skipped + 1);
+            let next =
+                due.saturating_add(Duration::from_nanos(ahead.try_into().unwrap_or(u64::MAX)));
+            state.next.set(next);
+            let skipped = skipped.try_into().unwrap_or(u64::MAX);
             (state.func.borrow_mut())(r, skipped);
             if state.running.get() {
                 Self::schedule(r, &state);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use torsion_reactor::testing::MemoryReactor;
-use torsion_reactor::{BackendKind, LoopingCall, Reactor, ShutdownPhase};
+use torsion_reactor::{catch_unwind_message, BackendKind, LoopingCall, Reactor, ShutdownPhase};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -701,4 +701,116 @@ fn stop_from_another_thread_via_handle() {
     worker.join().expect("worker");
     assert!(stopped_by_thread.load(Ordering::SeqCst));
     assert!(started.elapsed() < secs(2));
+}
+
+/// A jump of the clock by more than u32::MAX intervals: one call reports them all as skipped,
+/// and the loop goes on ticking.
+#[test]
+fn looping_call_survives_clock_jump_of_more_than_u32_intervals() {
+    let mr = MemoryReactor::new();
+    let ticks = Rc::new(Cell::new(0u64));
+    let calls = Rc::new(Cell::new(0u32));
+    let (t, c) = (ticks.clone(), calls.clone());
+    let lc = LoopingCall::start(
+        mr.reactor(),
+        Duration::from_micros(1),
+        false,
+        move |_, skipped| {
+            t.set(t.get() + 1 + skipped);
+            c.set(c.get() + 1);
+        },
+    );
+    // 4295 s = 4_295_000_000 intervals of 1 µs (> u32::MAX).
+    mr.clock().advance(Duration::from_secs(4295));
+    mr.run_until_idle();
+    assert_eq!(calls.get(), 1, "one call for one late tick");
+    assert_eq!(ticks.get(), 4_295_000_000, "skipped accounting");
+    mr.advance(Duration::from_micros(1));
+    assert_eq!(calls.get(), 2, "the loop keeps ticking");
+    assert!(lc.running());
+    lc.stop();
+}
+
+/// 1 ns interval, 5 s late: the skipped count is exact.
+#[test]
+fn looping_call_skipped_count_not_truncated() {
+    let mr = MemoryReactor::new();
+    let ticks = Rc::new(Cell::new(0u64));
+    let t = ticks.clone();
+    let lc = LoopingCall::start(mr.reactor(), Duration::from_nanos(1), false, move |_, s| {
+        t.set(t.get() + 1 + s)
+    });
+    mr.clock().advance(Duration::from_secs(5));
+    mr.run_until_idle();
+    assert_eq!(ticks.get(), 5_000_000_000);
+    let before = ticks.get();
+    mr.advance(Duration::from_nanos(1));
+    assert_eq!(ticks.get(), before + 1, "the loop keeps ticking");
+    lc.stop();
+}
+
+/// A "practically never" interval: the first tick still runs.
+#[test]
+fn looping_call_with_huge_interval_runs_first_tick() {
+    let mr = MemoryReactor::new();
+    let calls = Rc::new(Cell::new(0u32));
+    let c = calls.clone();
+    mr.advance(Duration::from_secs(1));
+    let lc = LoopingCall::start(mr.reactor(), Duration::MAX, true, move |_, _| {
+        c.set(c.get() + 1)
+    });
+    mr.run_until_idle();
+    assert_eq!(calls.get(), 1);
+    lc.stop();
+}
+
+#[test]
+fn looping_call_start_with_huge_interval_does_not_panic() {
+    let mr = MemoryReactor::new();
+    mr.advance(Duration::from_secs(1));
+    let lc = LoopingCall::start(mr.reactor(), Duration::MAX, false, |_, _| {});
+    lc.stop();
+}
+
+/// A panic payload whose destructor panics.
+struct Bomb;
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("payload drop");
+    }
+}
+
+/// A panic payload whose own destructor panics is contained too.
+#[test]
+fn panic_payload_with_panicking_drop_is_contained() {
+    let r = catch_unwind_message(|| std::panic::panic_any(Bomb));
+    assert!(r.is_err());
+}
+
+#[test]
+fn reactor_survives_panic_payload_with_panicking_drop() {
+    let mr = MemoryReactor::new();
+    mr.reactor().call_soon(|_| std::panic::panic_any(Bomb));
+    let ran = Rc::new(Cell::new(false));
+    let r2 = ran.clone();
+    mr.reactor().call_soon(move |_| r2.set(true));
+    let escaped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mr.run_until_idle()));
+    assert!(escaped.is_ok(), "panic escaped the reactor");
+    assert!(ran.get());
+}
+
+/// A timer a month away: the epoll backend waits at most a day at a time, so it never needs
+/// `epoll_pwait2` (missing before Linux 5.11 and refused by some seccomp profiles). Run the
+/// test binary under `strace -f -e inject=epoll_pwait2:error=ENOSYS` to check that.
+#[test]
+fn a_timer_a_month_away_does_not_stop_the_reactor() {
+    let reactor = Reactor::with_backend(BackendKind::Epoll).expect("reactor");
+    let _far = reactor.call_later(Duration::from_secs(30 * 24 * 3600), |_| {});
+    let handle = reactor.handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = handle.stop();
+    });
+    reactor.run().expect("run must not fail on a far timer");
+    stopper.join().expect("stopper");
 }

@@ -18,6 +18,9 @@ use super::{Backend, BackendEvent, Interest, Readiness, Waker};
 
 const WAKE_KEY: u64 = u64::MAX;
 
+/// The longest single wait (see `wait`).
+const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
 pub(crate) struct EpollBackend {
     epfd: OwnedFd,
     waker: Arc<EventFdWaker>,
@@ -108,10 +111,15 @@ impl Backend for EpollBackend {
         let mut events = self.events.borrow_mut();
         events.clear();
         let timeout = timeout.map(|t| {
-            // Round up to whole milliseconds so a timer is never woken for early.
-            let t = t.saturating_add(Duration::from_nanos(999_999));
+            // Round up to whole milliseconds so a timer is never woken for early, and wait at
+            // most a day (an early return is allowed): a timeout beyond `i32::MAX`
+            // milliseconds would need `epoll_pwait2`, which older kernels and seccomp
+            // profiles refuse.
+            let t = t
+                .saturating_add(Duration::from_nanos(999_999))
+                .min(MAX_WAIT);
             Timespec {
-                tv_sec: t.as_secs().min(i32::MAX as u64) as _,
+                tv_sec: t.as_secs() as _,
                 tv_nsec: (t.subsec_millis() * 1_000_000) as _,
             }
         });
