@@ -10,7 +10,9 @@ use rcgen::{CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use torsion_reactor::prelude::*;
-use torsion_reactor::testing::{connect_pair, MemoryOptions, MemoryReactor, StringTransport};
+use torsion_reactor::testing::{
+    connect_pair, MemoryOptions, MemoryPair, MemoryReactor, StringTransport,
+};
 use torsion_transports::tls::{
     self, ClientTlsConfig, DevCerts, ServerTlsConfig, TlsError, TlsProtocol, TlsRole, TlsSession,
     DEFAULT_TLS_BUFFER_LIMIT,
@@ -502,6 +504,29 @@ impl Protocol for PauseAtOnce {
     }
 }
 
+/// A TLS pair whose server protocol pauses reading in `connection_made`, run for 100 ms (the
+/// handshake and the client's first data).
+fn paused_server_pair(
+    mr: &MemoryReactor,
+    c: &DevCerts,
+    client: impl Protocol,
+    server_log: &Shared,
+) -> MemoryPair {
+    let pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(client, &client_config(c), "localhost").unwrap(),
+        TlsProtocol::server(
+            PauseAtOnce {
+                log: server_log.clone(),
+            },
+            &server_config(c),
+        ),
+        MemoryOptions::default(),
+    );
+    mr.advance(Duration::from_millis(100));
+    pair
+}
+
 /// The client's first data arrives in the same read as its Finished: a server protocol that
 /// paused reading in `connection_made` is not given it until it resumes (as on TCP), and then
 /// gets it once, in order, followed by what came later.
@@ -510,18 +535,8 @@ fn no_data_after_pause_reading_in_connection_made() {
     let (_d, c) = certs(&[]);
     let mr = MemoryReactor::new();
     let (cl, sl) = (log(), log());
-    let _pair = connect_pair(
-        mr.reactor(),
-        TlsProtocol::client(
-            Rec::greeting(&cl, b"early application data", usize::MAX),
-            &client_config(&c),
-            "localhost",
-        )
-        .unwrap(),
-        TlsProtocol::server(PauseAtOnce { log: sl.clone() }, &server_config(&c)),
-        MemoryOptions::default(),
-    );
-    mr.advance(Duration::from_millis(100));
+    let client = Rec::greeting(&cl, b"early application data", usize::MAX);
+    let _pair = paused_server_pair(&mr, &c, client, &sl);
     assert!(sl.borrow().made);
     assert!(
         sl.borrow().data.is_empty(),
@@ -569,13 +584,7 @@ fn close_notify_after_held_data_waits_for_resume() {
     let (_d, c) = certs(&[]);
     let mr = MemoryReactor::new();
     let sl = log();
-    let _pair = connect_pair(
-        mr.reactor(),
-        TlsProtocol::client(GreetAndClose, &client_config(&c), "localhost").unwrap(),
-        TlsProtocol::server(PauseAtOnce { log: sl.clone() }, &server_config(&c)),
-        MemoryOptions::default(),
-    );
-    mr.advance(Duration::from_millis(100));
+    let _pair = paused_server_pair(&mr, &c, GreetAndClose, &sl);
     assert!(sl.borrow().data.is_empty());
     assert!(sl.borrow().lost.is_none());
     let server = sl.borrow().handle.clone().unwrap();
@@ -596,18 +605,8 @@ fn held_data_is_dropped_after_close_while_paused() {
     let (_d, c) = certs(&[]);
     let mr = MemoryReactor::new();
     let (cl, sl) = (log(), log());
-    let _pair = connect_pair(
-        mr.reactor(),
-        TlsProtocol::client(
-            Rec::greeting(&cl, b"early application data", usize::MAX),
-            &client_config(&c),
-            "localhost",
-        )
-        .unwrap(),
-        TlsProtocol::server(PauseAtOnce { log: sl.clone() }, &server_config(&c)),
-        MemoryOptions::default(),
-    );
-    mr.advance(Duration::from_millis(100));
+    let client = Rec::greeting(&cl, b"early application data", usize::MAX);
+    let _pair = paused_server_pair(&mr, &c, client, &sl);
     let server = sl.borrow().handle.clone().unwrap();
     server.resume_reading();
     server.lose_connection();
