@@ -762,3 +762,45 @@ fn after_an_alert_a_silent_peer_is_cut_off_at_the_tls_close_timeout() {
     assert!(st.reset_received());
     assert!(!sl.borrow().made);
 }
+
+/// A close timeout of zero while our data waits in the stream's buffer: the close timer looks
+/// at most every 10 ms (it re-armed at zero every turn, a busy loop; on the virtual clock
+/// `advance` never returned), and the stream's own close timeout ends the connection.
+#[test]
+fn a_zero_tls_close_timeout_does_not_spin_while_our_data_drains() {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (_d, c) = certs();
+        let mr = MemoryReactor::new();
+        let cl = log();
+        let options = MemoryOptions {
+            capacity: 16 * 1024,
+            ..MemoryOptions::default()
+        };
+        let client = client_config(&c).with_close_timeout(Duration::ZERO);
+        let mut w = Wire::connect(
+            &mr,
+            rec(&cl, Script::default()),
+            &client,
+            &server_config(&c),
+            options,
+        );
+        w.handshake();
+        let handle = cl.borrow().handle.clone().unwrap();
+        handle.write(&pattern(200_000));
+        handle.lose_connection();
+        let start = std::time::Instant::now();
+        mr.advance(Duration::from_secs(31));
+        let reason = lost_once(&cl);
+        tx.send((start.elapsed(), format!("{reason:?}"))).unwrap();
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok((elapsed, reason)) => {
+            assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+            assert!(reason.contains("CloseTimedOut"), "{reason}");
+        }
+        Err(_) => panic!(
+            "advance(31 s) did not return in 20 s: the TLS close timer re-arms at 0 every turn"
+        ),
+    }
+}

@@ -1473,3 +1473,81 @@ mod producer_across_start_tls {
         );
     }
 }
+
+/// Paused in connection_made; on the held data it resumes and closes (or pauses again).
+struct HeldThen {
+    log: Shared,
+    pause_again: bool,
+}
+
+impl Protocol for HeldThen {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        self.log.borrow_mut().handle = Some(t.handle());
+        t.pause_reading();
+    }
+    fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+        self.log.borrow_mut().data.extend_from_slice(data);
+        if self.pause_again {
+            t.pause_reading();
+        } else {
+            t.resume_reading();
+            t.lose_connection();
+        }
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        let mut log = self.log.borrow_mut();
+        assert!(log.lost.is_none(), "connection_lost twice");
+        log.lost = Some(reason);
+    }
+}
+
+/// The peer sends data, `close_notify` and FIN while the server is paused; after it resumes
+/// it gets the data, then (at once, or after pausing and resuming again) the clean close, and
+/// its own `close_notify` goes out.
+fn held_data_then_close(pause_again: bool) {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let sl = log();
+    let pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(GreetAndClose, &client_config(&c), "localhost").unwrap(),
+        TlsProtocol::server(
+            HeldThen {
+                log: sl.clone(),
+                pause_again,
+            },
+            &server_config(&c),
+        ),
+        MemoryOptions::default(),
+    );
+    mr.advance(Duration::from_millis(100));
+    let server = sl.borrow().handle.clone().unwrap();
+    server.resume_reading();
+    mr.advance(Duration::from_millis(100));
+    assert_eq!(sl.borrow().data, b"all I have to say");
+    if pause_again {
+        assert!(sl.borrow().lost.is_none(), "{:?}", sl.borrow().lost);
+        server.resume_reading();
+    }
+    mr.advance(Duration::from_secs(10));
+    assert!(
+        matches!(sl.borrow().lost, Some(CloseReason::Done)),
+        "{:?}",
+        sl.borrow().lost
+    );
+    assert!(
+        pair.client_lost().unwrap().is_clean(),
+        "{:?}",
+        pair.client_lost()
+    );
+}
+
+#[test]
+fn resuming_and_closing_inside_held_delivery_closes_cleanly() {
+    held_data_then_close(false);
+}
+
+#[test]
+fn pausing_again_inside_held_delivery_holds_the_close_notify_too() {
+    held_data_then_close(true);
+}

@@ -272,10 +272,16 @@ impl Shared {
         let draining = self.raw.buffered() > 0;
         self.st.borrow_mut().close_draining = draining;
         self.arm_close_timer(if draining {
-            self.close_timeout / 10
+            self.drain_poll()
         } else {
             self.close_timeout
         });
+    }
+
+    /// How often the close timer looks whether our data left the stream's buffer: a tenth of
+    /// the close timeout, but at least every 10 ms (a zero timeout must not spin).
+    fn drain_poll(&self) -> Duration {
+        (self.close_timeout / 10).max(Duration::from_millis(10))
     }
 
     /// Arms (or re-arms) the TLS close timer to fire after `after`.
@@ -310,7 +316,7 @@ impl Shared {
             std::mem::replace(&mut st.close_draining, self.raw.buffered() > 0)
         };
         if self.st.borrow().close_draining {
-            self.arm_close_timer(self.close_timeout / 10);
+            self.arm_close_timer(self.drain_poll());
             return;
         }
         if draining {
@@ -1046,6 +1052,11 @@ impl Protocol for TlsProtocol {
             deliver_held(&shared, &self.inner);
         }
         if self.clean_eof {
+            if shared.held_eof.get() {
+                // Paused again with the peer's close_notify still held: acted on after the
+                // protocol resumes (`deliver_held`).
+                return;
+            }
             if !(self.made && self.half_close) {
                 raw.lose_connection();
             }
