@@ -82,8 +82,8 @@
 //!     ([`ServerTlsConfigBuilder::close_timeout`], [`ClientTlsConfigBuilder::close_timeout`],
 //!     default 5 s, [`DEFAULT_TLS_CLOSE_TIMEOUT`]) counted from the moment everything we
 //!     wrote, `close_notify` included, has left the stream's write buffer for the socket
-//!     (while some of it waits, the layer looks every tenth of the timeout, at most every
-//!     10 ms, so the drain is noticed within that). Then the connection is **aborted**
+//!     (while some of it waits, the layer looks every tenth of the timeout, no more often than
+//!     every 10 ms, so the drain is noticed within that). Then the connection is **aborted**
 //!     (reset, as `abort_connection`: the stream has no other way to stop waiting for a FIN)
 //!     and the protocol still gets `Done`: the close was
 //!     ours and all our data reached the socket. (The stream underneath reports
