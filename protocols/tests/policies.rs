@@ -671,3 +671,37 @@ fn policies_compose() {
     mr.advance(secs(5.0));
     assert!(matches!(*lost.borrow(), Some(CloseReason::TimedOut)));
 }
+
+/// Asks for a protocol swap (as `start_tls` does) on `UPGRADE` and records the answer.
+struct Upgrader(Rc<Cell<Option<bool>>>);
+
+impl Protocol for Upgrader {
+    fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
+        if d == b"UPGRADE" {
+            t.write(b"OK");
+            self.0.set(Some(t.wrap_protocol(Box::new(|p| p))));
+        }
+    }
+}
+
+/// STARTTLS works under a policy: the policy's transport passes the swap to the connection.
+#[test]
+fn a_protocol_under_a_policy_can_swap_itself() {
+    for idle in [true, false] {
+        let mr = MemoryReactor::new();
+        let answer = Rc::new(Cell::new(None));
+        let inner = Upgrader(answer.clone());
+        let st = if idle {
+            StringTransport::connect(&mr, IdleTimeout::new(inner, Duration::from_secs(30)))
+        } else {
+            StringTransport::connect(&mr, TrafficLogger::new(inner))
+        };
+        st.feed(b"UPGRADE");
+        assert_eq!(
+            answer.get(),
+            Some(true),
+            "wrap_protocol refused (idle timeout: {idle})"
+        );
+        assert_eq!(st.take(), b"OK");
+    }
+}

@@ -7,8 +7,8 @@ use std::io::{self, IoSlice};
 use std::rc::{Rc, Weak};
 
 use torsion_reactor::{
-    Address, Factory, Keepalive, PeerCredentials, Producer, Protocol, Reactor, SharedFactory,
-    Transport, TransportHandle,
+    Address, Factory, Keepalive, PeerCredentials, Producer, Protocol, ProtocolWrapper, Reactor,
+    SharedFactory, Transport, TransportHandle,
 };
 
 /// What a policy intercepts on the transport it hands to the inner protocol. Every method
@@ -117,6 +117,15 @@ impl<H: Hooks> Transport for Hooked<H> {
     }
     fn is_closing(&self) -> bool {
         self.inner.is_closing()
+    }
+    // A layer (STARTTLS) then wraps the connection's protocol, this policy included: the
+    // policy goes on seeing plaintext, through its handle of the connection, which follows
+    // the layer.
+    fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
+        self.inner.wrap_protocol(wrap)
+    }
+    fn redirect_handles(&self, to: TransportHandle) {
+        self.inner.redirect_handles(to)
     }
     fn handle(&self) -> TransportHandle {
         match self.me.upgrade() {
