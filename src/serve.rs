@@ -146,6 +146,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         }
     }
+    if args.max_conns == Some(0) || args.max_conns_per_peer == Some(0) {
+        eprintln!("torsion: --max-conns and --max-conns-per-peer must be at least 1");
+        return ExitCode::from(2);
+    }
     let idle = match args.idle_timeout.map(idle_timeout).transpose() {
         Ok(idle) => idle,
         Err(e) => {
@@ -174,7 +178,7 @@ fn serve(
     let factory = factory(args, idle_timeout);
     let mut ports = Vec::new();
     let mut datagram_ports = Vec::new();
-    for ep in endpoints {
+    let started = endpoints.iter().try_for_each(|ep| -> torsion::Result<()> {
         if ep.is_datagram() {
             let port = match service {
                 Service::Discard => ep.listen_datagram(&reactor, DatagramDiscard)?,
@@ -193,6 +197,13 @@ fn serve(
             );
             ports.push(port);
         }
+        Ok(())
+    });
+    if let Err(e) = started {
+        // Nothing stays behind from the endpoints that did start (Unix socket files).
+        ports.iter().for_each(|p| p.stop_listening());
+        datagram_ports.iter().for_each(|p| p.stop_listening());
+        return Err(e);
     }
     let ports = Rc::new(ports);
     reactor.add_shutdown_trigger(ShutdownPhase::Before, move |r| {

@@ -36,6 +36,48 @@ fn a_bad_endpoint_is_one_line_and_exit_code_2() {
     assert!(stderr.contains("notaport"), "{stderr}");
 }
 
+#[test]
+fn a_zero_connection_limit_is_a_bad_argument() {
+    for flag in ["--max-conns", "--max-conns-per-peer"] {
+        let out = Command::new(TORSION)
+            .args([
+                "serve",
+                "echo",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                flag,
+                "0",
+            ])
+            .output()
+            .expect("run torsion");
+        assert_eq!(out.status.code(), Some(2), "{flag} 0");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+    }
+}
+
+/// When one endpoint fails to listen, the ones started before it are stopped: no Unix socket
+/// file is left behind.
+#[test]
+fn a_failed_listen_leaves_no_socket_file_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.sock");
+    let out = Command::new(TORSION)
+        .args(["serve", "echo", "--listen"])
+        .arg(format!("unix:{}", good.display()))
+        .arg("--listen")
+        .arg(format!(
+            "unix:{}",
+            dir.path().join("missing/bad.sock").display()
+        ))
+        .output()
+        .expect("run torsion");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !good.exists(),
+        "the first endpoint's socket file was left behind"
+    );
+}
+
 /// An `--idle-timeout` that is no usable duration (too large for one, rounding to zero, not
 /// positive) is a bad argument: one line, exit code 2, never a panic.
 #[test]
