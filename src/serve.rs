@@ -1,5 +1,6 @@
 //! `torsion serve`: built-in protocols on endpoint strings.
 
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
@@ -66,11 +67,11 @@ pub struct ServeArgs {
 
     /// Refuse connections beyond this many open at once (over all endpoints).
     #[arg(long, value_name = "N")]
-    max_conns: Option<usize>,
+    max_conns: Option<NonZeroUsize>,
 
     /// Refuse connections beyond this many open at once from one IP address.
     #[arg(long, value_name = "N")]
-    max_conns_per_peer: Option<usize>,
+    max_conns_per_peer: Option<NonZeroUsize>,
 }
 
 /// `--idle-timeout SECS` as a duration: a positive number of seconds that fits a `Duration`
@@ -98,8 +99,8 @@ fn factory(args: &ServeArgs, idle_timeout: Option<Duration>) -> SharedFactory {
     }
     SharedFactory::new(ConnectionLimits::new(
         inner,
-        args.max_conns,
-        args.max_conns_per_peer,
+        args.max_conns.map(NonZeroUsize::get),
+        args.max_conns_per_peer.map(NonZeroUsize::get),
     ))
 }
 
@@ -145,10 +146,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
-    }
-    if args.max_conns == Some(0) || args.max_conns_per_peer == Some(0) {
-        eprintln!("torsion: --max-conns and --max-conns-per-peer must be at least 1");
-        return ExitCode::from(2);
     }
     let idle = match args.idle_timeout.map(idle_timeout).transpose() {
         Ok(idle) => idle,

@@ -51,7 +51,7 @@ fn a_zero_connection_limit_is_a_bad_argument() {
             .output()
             .expect("run torsion");
         assert_eq!(out.status.code(), Some(2), "{flag} 0");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(flag));
     }
 }
 

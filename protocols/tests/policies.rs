@@ -672,36 +672,56 @@ fn policies_compose() {
     assert!(matches!(*lost.borrow(), Some(CloseReason::TimedOut)));
 }
 
-/// Asks for a protocol swap (as `start_tls` does) on `UPGRADE` and records the answer.
+/// Asks for a protocol swap (as `start_tls` does) on `UPGRADE`, records the answer, and
+/// echoes everything else.
 struct Upgrader(Rc<Cell<Option<bool>>>);
 
 impl Protocol for Upgrader {
     fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
         if d == b"UPGRADE" {
-            t.write(b"OK");
-            self.0.set(Some(t.wrap_protocol(Box::new(|p| p))));
+            t.write(b"OK;");
+            let swapped = t.wrap_protocol(Box::new(|inner| Box::new(Shouting(inner))));
+            self.0.set(Some(swapped));
+        } else {
+            t.write(d);
         }
     }
 }
 
-/// STARTTLS works under a policy: the policy's transport passes the swap to the connection.
+/// A layer that upper-cases what arrives before the protocol it wraps sees it.
+struct Shouting(Box<dyn Protocol>);
+
+impl Protocol for Shouting {
+    fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
+        self.0.data_received(t, &d.to_ascii_uppercase());
+    }
+}
+
+/// STARTTLS works under a policy: the policy's transport passes the swap to the connection,
+/// the layer then sits in front of the policy, and the policy goes on working.
 #[test]
 fn a_protocol_under_a_policy_can_swap_itself() {
-    for idle in [true, false] {
+    for policy in ["idle timeout", "traffic logger", "throttle"] {
         let mr = MemoryReactor::new();
         let answer = Rc::new(Cell::new(None));
         let inner = Upgrader(answer.clone());
-        let st = if idle {
-            StringTransport::connect(&mr, IdleTimeout::new(inner, Duration::from_secs(30)))
-        } else {
-            StringTransport::connect(&mr, TrafficLogger::new(inner))
+        let st = match policy {
+            "idle timeout" => {
+                StringTransport::connect(&mr, IdleTimeout::new(inner, Duration::from_secs(30)))
+            }
+            "traffic logger" => StringTransport::connect(&mr, TrafficLogger::new(inner)),
+            _ => StringTransport::connect(&mr, Throttled::new(inner, Bandwidth::write(1 << 20))),
         };
         st.feed(b"UPGRADE");
-        assert_eq!(
-            answer.get(),
-            Some(true),
-            "wrap_protocol refused (idle timeout: {idle})"
-        );
-        assert_eq!(st.take(), b"OK");
+        assert_eq!(answer.get(), Some(true), "{policy}: swap refused");
+        st.feed(b"after");
+        assert_eq!(st.take(), b"OK;AFTER", "{policy}: the layer is in front");
+        if policy == "idle timeout" {
+            mr.advance(Duration::from_secs(31));
+            assert!(
+                st.reset_received(),
+                "the idle timeout still fires after the swap"
+            );
+        }
     }
 }

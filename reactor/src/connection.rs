@@ -1016,7 +1016,6 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn unregister_producer(&self) {
-        self.producer_replaced.set(false);
         self.st.borrow_mut().producer = None;
         self.producer.borrow_mut().take();
     }

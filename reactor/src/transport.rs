@@ -286,22 +286,15 @@ impl TransportHandle {
         }))
     }
 
-    /// `true` if both handles refer to the same connection.
+    /// `true` if both handles refer to the same connection (as it is reached now).
     pub fn same_connection(&self, other: &TransportHandle) -> bool {
-        std::ptr::addr_eq(self.target(), other.target())
+        std::ptr::addr_eq(&**self, &**other)
     }
 
-    /// The transport this handle reaches now.
-    fn target(&self) -> *const dyn Transport {
-        match self.0.redirect.get() {
-            Some(layer) => layer.target(),
-            None => Rc::as_ptr(&self.0.transport),
-        }
-    }
-
-    /// Points this handle and all its clones at `to` (once; `false` if already redirected).
-    pub(crate) fn redirect(&self, to: TransportHandle) -> bool {
-        self.0.redirect.set(to).is_ok()
+    /// Points this handle and all its clones at `to` (once: a connection swaps once).
+    pub(crate) fn redirect(&self, to: TransportHandle) {
+        let first = self.0.redirect.set(to).is_ok();
+        debug_assert!(first, "a handle is redirected once");
     }
 
     /// The shared part, for a transport that hands out clones of one handle.

@@ -782,6 +782,8 @@ fn a_producer_may_unregister_itself_when_stopped() {
 struct HandOver {
     transport: TransportHandle,
     log: Rc<RefCell<Vec<&'static str>>>,
+    /// Unregister the successor again, in the same call.
+    then_unregister: bool,
 }
 
 impl Producer for HandOver {
@@ -798,6 +800,9 @@ impl Producer for HandOver {
             }),
             false,
         );
+        if self.then_unregister {
+            self.transport.unregister_producer();
+        }
     }
 
     fn stop_producing(&mut self) {
@@ -815,11 +820,31 @@ fn a_producer_replaced_from_inside_its_own_call_is_stopped_once() {
         Box::new(HandOver {
             transport: st.transport().clone(),
             log: log.clone(),
+            then_unregister: false,
         }),
         false,
     );
     mr.run_until_idle();
     assert_eq!(st.take(), b"first second");
+    assert_eq!(*log.borrow(), vec!["first resumed", "first stopped"]);
+}
+
+#[test]
+fn a_producer_replaced_then_unregistered_inside_its_call_is_still_stopped() {
+    let mr = MemoryReactor::new();
+    let (proto, _events) = Recorder::new();
+    let st = StringTransport::connect(&mr, proto);
+    let log = Rc::new(RefCell::new(Vec::new()));
+    st.transport().register_producer(
+        Box::new(HandOver {
+            transport: st.transport().clone(),
+            log: log.clone(),
+            then_unregister: true,
+        }),
+        false,
+    );
+    mr.run_until_idle();
+    assert_eq!(st.take(), b"first ");
     assert_eq!(*log.borrow(), vec!["first resumed", "first stopped"]);
 }
 

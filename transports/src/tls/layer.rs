@@ -307,19 +307,20 @@ impl Shared {
     /// timeout, and once it is out, give the peer the whole timeout. Then abort (reported as a
     /// clean close: it was ours).
     fn close_timer_fired(&self) {
-        let draining = {
+        let (draining, was_draining) = {
             let mut st = self.st.borrow_mut();
             st.close_timer = None;
             if st.closed {
                 return;
             }
-            std::mem::replace(&mut st.close_draining, self.raw.buffered() > 0)
+            let now = self.raw.buffered() > 0;
+            (now, std::mem::replace(&mut st.close_draining, now))
         };
-        if self.st.borrow().close_draining {
+        if draining {
             self.arm_close_timer(self.drain_poll());
             return;
         }
-        if draining {
+        if was_draining {
             // Drained since the last look: the peer has just received our close_notify.
             self.arm_close_timer(self.close_timeout);
             return;
@@ -331,6 +332,12 @@ impl Shared {
         );
         self.st.borrow_mut().close_timed_out = true;
         self.raw.abort_connection();
+    }
+
+    /// `lose_connection` was called, or the connection is gone: nothing more is delivered.
+    fn closing(&self) -> bool {
+        let st = self.st.borrow();
+        st.closing || st.closed
     }
 
     /// Whether plaintext (or the peer's `close_notify`) waits for the protocol to resume.
@@ -572,11 +579,7 @@ fn deliver_held(shared: &Shared, inner: &RefCell<Inner>) {
     if shared.read_paused.get() {
         return;
     }
-    let closing = || {
-        let st = shared.st.borrow();
-        st.closing || st.closed
-    };
-    if closing() {
+    if shared.closing() {
         *shared.held.borrow_mut() = Vec::new();
         shared.held_eof.set(false);
         return;
@@ -586,7 +589,7 @@ fn deliver_held(shared: &Shared, inner: &RefCell<Inner>) {
         call_protocol(shared, inner, |p, t| p.data_received(t, &data));
     }
     // The protocol may have paused again, or closed, in `data_received`.
-    if !shared.held_eof.get() || shared.read_paused.get() || closing() {
+    if !shared.held_eof.get() || shared.read_paused.get() || shared.closing() {
         return;
     }
     shared.held_eof.set(false);
@@ -888,8 +891,9 @@ impl Protocol for TlsProtocol {
             }
         }));
         shared.flush(); // a client's ClientHello
-                        // STARTTLS: what the protocol wrote after `start_tls`, and the handles it took before,
-                        // go through TLS from now on.
+
+        // STARTTLS: what the protocol wrote after `start_tls`, and the handles it took before,
+        // go through TLS from now on.
         raw.redirect_handles(shared.handle());
         self.shared = Some(shared);
     }
@@ -949,11 +953,7 @@ impl Protocol for TlsProtocol {
             let plain = std::mem::take(&mut self.plain_in);
             // As on TCP, nothing reaches a protocol that closed or aborted (possibly in the
             // `connection_made` just above, with the client's first data in the same read).
-            let closing = {
-                let st = shared.st.borrow();
-                st.closing || st.closed
-            };
-            if self.made && !closing {
+            if self.made && !shared.closing() {
                 if shared.read_paused.get() || shared.holding() {
                     // Nor one that paused reading (possibly in that `connection_made`): held,
                     // after what is held already, until it resumes.
