@@ -69,7 +69,7 @@
 //!   ([`DEFAULT_TLS_CLOSE_TIMEOUT`](crate::transports::tls::DEFAULT_TLS_CLOSE_TIMEOUT),
 //!   `close_timeout` on both TLS configuration builders), counted from the moment our
 //!   `close_notify` has left the write buffer for the socket (noticed within a tenth of the
-//!   timeout). Then the connection is
+//!   timeout, and no sooner than 10 ms). Then the connection is
 //!   **aborted** (reset) and the protocol still sees `Done`: the close was ours and
 //!   everything we wrote reached the socket. `Done` does not prove that the peer read it all
 //!   (only its `close_notify` does; a peer that loses the tail to the reset sees a reset or a

@@ -28,8 +28,8 @@ pub enum DatagramError {
     QueueFull,
     /// `write` needs a connected transport ([`DatagramTransport::connect`]).
     NotConnected,
-    /// The address is not of this transport's family (an IPv6 address on an IPv4 socket, a
-    /// path on a UDP socket, …).
+    /// The address is not of this transport's family (an IPv6 address on an IPv4 socket, an
+    /// IPv4 address, plain or IPv4-mapped, on an IPv6-only socket, a path on a UDP socket, …).
     WrongAddress(Address),
     /// The transport was closed with `stop_listening`.
     Closed,

@@ -21,9 +21,10 @@ pub type ProtocolWrapper = Box<dyn FnOnce(Box<dyn Protocol>) -> Box<dyn Protocol
 pub struct Keepalive {
     /// Idle time before the first probe.
     pub idle: Duration,
-    /// Time between probes (`None`: the system default).
+    /// Time between probes (`None`: left as it is, the system default unless set before).
     pub interval: Option<Duration>,
-    /// Unanswered probes before the connection is dropped (`None`: the system default).
+    /// Unanswered probes before the connection is dropped (`None`: left as it is, the
+    /// system default unless set before).
     pub count: Option<u32>,
 }
 
@@ -162,7 +163,7 @@ pub trait Transport {
     /// receives the old protocol and returns the new one, and the new protocol's
     /// `connection_made` runs at once. This is the seam for layers that sit between a stream
     /// and the user's protocol on a live connection, such as STARTTLS: the TLS layer wraps the
-    /// old protocol, and everything written before the swap went out in the clear.
+    /// old protocol, and everything written before `wrap_protocol` went out in the clear.
     ///
     /// Between this call and the swap, what the protocol writes (through this transport or a
     /// handle) is held back, and handles taken before the swap keep reaching the connection;
@@ -182,8 +183,10 @@ pub trait Transport {
     /// `connection_made`: the writes held since `wrap_protocol` (and a `lose_connection` or
     /// `lose_write_connection` among them) are replayed through `to`, the layer's own
     /// transport, and every handle to this connection taken before the swap reaches `to` from
-    /// now on. Handles the layer takes itself (in `connection_made`) stay on this connection.
-    /// Does nothing elsewhere.
+    /// now on; a registered producer is handed to `to` as well (so its pause and resume come
+    /// from the layer). Handles the layer takes itself in `connection_made` stay on this
+    /// connection: a layer must take its own handle there, not keep one from before the swap
+    /// (that one now leads back to the layer). Does nothing elsewhere.
     fn redirect_handles(&self, to: TransportHandle) {
         let _ = to;
     }

@@ -1065,3 +1065,24 @@ fn wrap_protocol_swaps_the_protocol_between_callbacks() {
         "a closing transport refuses to swap"
     );
 }
+
+#[test]
+fn an_abort_is_a_reset_not_a_fin() {
+    let mr = MemoryReactor::new();
+    let (proto, _events) = Recorder::new();
+    let st = StringTransport::connect(&mr, proto);
+    st.transport().abort_connection();
+    mr.run_until_idle();
+    assert!(st.reset_received());
+    assert!(!st.fin_received(), "an aborted connection sent no FIN");
+}
+
+#[test]
+fn the_tests_own_reset_is_not_a_reset_received() {
+    let mr = MemoryReactor::new();
+    let (proto, _events) = Recorder::new();
+    let st = StringTransport::connect(&mr, proto);
+    st.reset();
+    assert!(matches!(st.lost(), Some(CloseReason::Reset)));
+    assert!(!st.reset_received(), "the protocol side did not abort");
+}

@@ -629,7 +629,7 @@ impl DatagramTransport for DatagramSocket {
             _ => None,
         };
         if let Some(p) = path {
-            let _ = std::fs::remove_file(p);
+            crate::unix::remove_socket_file(&p);
         }
         tracing::info!(local = %self.local, "datagram socket closed");
         if let (Some(reactor), Some(me)) = (self.reactor.upgrade(), self.me.upgrade()) {

@@ -294,7 +294,7 @@ impl Listener {
         }
         drop(reg);
         if let Some(path) = &self.unlink_on_stop {
-            let _ = std::fs::remove_file(path);
+            crate::unix::remove_socket_file(path);
         }
         tracing::info!(local = %self.local, "stopped listening");
         self.factory.port_stopped();

@@ -51,6 +51,14 @@ fn new_socket() -> io::Result<Socket> {
     Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)
 }
 
+/// Removes the socket file a port bound, once it stops: only if a socket file is still there
+/// (never whatever else was put at the path meanwhile).
+pub(crate) fn remove_socket_file(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Binds `socket` (stream or datagram) to a Unix path, replacing a stale socket file left by
 /// a dead server and refusing a live one with [`Error::AddressInUse`].
 ///

@@ -19,6 +19,8 @@ pub(crate) struct Pipe {
     eof: bool,
     /// The connection was reset: reads and writes fail with `ConnectionReset`.
     reset: bool,
+    /// The writing end aborted (sent a reset, not a FIN).
+    aborted: bool,
     /// The reading end was closed: writes fail with `BrokenPipe`.
     reader_closed: bool,
     reader: Weak<End>,
@@ -32,6 +34,7 @@ impl Pipe {
             capacity,
             eof: false,
             reset: false,
+            aborted: false,
             reader_closed: false,
             reader: Weak::new(),
             writer: Weak::new(),
@@ -183,6 +186,7 @@ impl End {
             let mut tx = self.tx.borrow_mut();
             tx.eof = true;
             tx.reset |= reset;
+            tx.aborted |= reset;
         }
         {
             let mut rx = self.rx.borrow_mut();
@@ -226,13 +230,15 @@ impl End {
     }
 
     /// The peer has sent FIN (and everything before it was read).
+    /// The other end sent FIN (not a reset) and everything before it was read.
     pub(crate) fn at_eof(&self) -> bool {
         let rx = self.rx.borrow();
-        rx.eof && rx.data.is_empty()
+        rx.eof && rx.data.is_empty() && !rx.aborted
     }
 
+    /// The other end aborted (a reset this end caused itself does not count).
     pub(crate) fn was_reset(&self) -> bool {
-        self.rx.borrow().reset
+        self.rx.borrow().aborted
     }
 }
 
