@@ -393,8 +393,16 @@ impl<IO: StreamIo> StreamConnection<IO> {
         self.deliver_pending();
     }
 
-    fn add_pending(&self, flag: u8) {
+    fn add_pending(&self, mut flag: u8) {
         let mut st = self.st.borrow_mut();
+        // A pause and a resume that were never delivered cancel out: the protocol stays as it
+        // was last told (delivered in bit order, they would arrive as pause, then resume).
+        for (this, other) in [(PAUSE, RESUME), (RESUME, PAUSE)] {
+            if flag & this != 0 && st.pending & other != 0 {
+                st.pending &= !other;
+                flag &= !this;
+            }
+        }
         st.pending |= flag;
         if self.in_callback.get() || st.scheduled {
             return; // delivered when the current callback returns, or already scheduled
@@ -676,10 +684,11 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 return;
             }
         }
+        if half {
+            self.add_pending(WRITE_LOST);
+        }
         if read_eof {
             self.finish(CloseReason::Done, false);
-        } else if half {
-            self.add_pending(WRITE_LOST);
         }
     }
 
@@ -693,7 +702,11 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 self.progress_close();
             }
             Phase::Open if st.write_shut => {
+                let half_close = st.half_close;
                 drop(st);
+                if half_close {
+                    self.add_pending(READ_LOST);
+                }
                 self.finish(CloseReason::Done, false);
             }
             Phase::Open if st.half_close => {

@@ -74,7 +74,9 @@ pub trait Protocol: 'static {
         transport.lose_connection();
     }
 
-    /// Our side's FIN was sent after [`Transport::lose_write_connection`].
+    /// Our side's FIN was sent after [`Transport::lose_write_connection`]. When both
+    /// directions have ended, this and `read_connection_lost` both come (in the order they
+    /// happened), then `connection_lost`.
     fn write_connection_lost(&mut self, transport: &mut dyn Transport) {
         let _ = transport;
     }

@@ -1,0 +1,240 @@
+//! The stream connection's flow control and half-close, on the test kit: pause and resume
+//! stay paired when both are queued before delivery, half-closing both ways reports both
+//! half-close callbacks, and closing while paused still ends.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use torsion_reactor::testing::{MemoryOptions, MemoryReactor, StringTransport};
+use torsion_reactor::{CloseReason, ConnectionConfig, Protocol, Transport};
+
+type Log = Rc<RefCell<Vec<String>>>;
+type OnData = Box<dyn FnMut(&mut dyn Transport, &[u8])>;
+
+struct P {
+    log: Log,
+    half: bool,
+    on_data: Option<OnData>,
+}
+impl Protocol for P {
+    fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
+        self.log.borrow_mut().push(format!("data {}", d.len()));
+        if let Some(f) = self.on_data.as_mut() {
+            f(t, d)
+        }
+    }
+    fn connection_lost(&mut self, r: CloseReason) {
+        self.log.borrow_mut().push(format!("lost {r:?}"));
+    }
+    fn half_close(&self) -> bool {
+        self.half
+    }
+    fn read_connection_lost(&mut self, _t: &mut dyn Transport) {
+        self.log.borrow_mut().push("read_lost".into());
+    }
+    fn write_connection_lost(&mut self, _t: &mut dyn Transport) {
+        self.log.borrow_mut().push("write_lost".into());
+    }
+    fn pause_producing(&mut self, _t: &mut dyn Transport) {
+        self.log.borrow_mut().push("pause".into());
+    }
+    fn resume_producing(&mut self, _t: &mut dyn Transport) {
+        self.log.borrow_mut().push("resume".into());
+    }
+}
+
+fn opts(capacity: usize, high: usize, low: usize) -> MemoryOptions {
+    MemoryOptions {
+        capacity,
+        config: ConnectionConfig {
+            high_watermark: high,
+            low_watermark: low,
+            ..Default::default()
+        },
+        ..MemoryOptions::default()
+    }
+}
+
+fn flow(log: &Log) -> Vec<String> {
+    log.borrow()
+        .iter()
+        .filter(|e| *e == "pause" || *e == "resume")
+        .cloned()
+        .collect()
+}
+
+/// A RESUME queued before a PAUSE is delivered after it (lowest bit first): the protocol hears
+/// pause, pause, resume and believes it is resumed while the transport believes it is paused.
+#[test]
+fn a_resume_then_a_pause_in_one_callback_leave_the_protocol_paused() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let step = Rc::new(RefCell::new(0));
+    let s = step.clone();
+    let p = P {
+        log: log.clone(),
+        half: false,
+        on_data: Some(Box::new(move |t, _| {
+            *s.borrow_mut() += 1;
+            match *s.borrow() {
+                // Fill the buffer above the high watermark: paused.
+                1 => t.write(&[1u8; 100]),
+                // Raise the limits (RESUME queued), then write past them (PAUSE queued).
+                2 => {
+                    t.set_write_buffer_limits(200, 150).unwrap();
+                    t.write(&[2u8; 200]);
+                }
+                _ => {}
+            }
+        })),
+    };
+    let st = StringTransport::with_options(&mr, p, opts(10, 20, 5));
+    st.feed(b"a");
+    assert_eq!(flow(&log), ["pause"]);
+    st.feed(b"b");
+    // Buffered ~290 > high 200: the protocol must end up paused.
+    let f = flow(&log);
+    assert_eq!(
+        f.last().map(String::as_str),
+        Some("pause"),
+        "flow events: {f:?}"
+    );
+}
+
+/// Same from outside callbacks: both flags queued before the scheduled delivery runs.
+#[test]
+fn a_resume_then_a_pause_outside_callbacks_leave_the_protocol_paused() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let p = P {
+        log: log.clone(),
+        half: false,
+        on_data: None,
+    };
+    let st = StringTransport::with_options(&mr, p, opts(10, 20, 5));
+    let t = st.transport().clone();
+    t.write(&[1u8; 100]);
+    mr.run_until_idle();
+    assert_eq!(flow(&log), ["pause"]);
+    t.set_write_buffer_limits(200, 150).unwrap(); // RESUME queued
+    t.write(&[2u8; 200]); // PAUSE queued
+    mr.run_until_idle();
+    let f = flow(&log);
+    assert_eq!(
+        f.last().map(String::as_str),
+        Some("pause"),
+        "flow events: {f:?}"
+    );
+    // Draining must then bring exactly one resume for a pause the protocol believes in.
+    let mut got = 0;
+    while got < 290 {
+        got += st.take().len();
+    }
+    let f = flow(&log);
+    let pauses = f.iter().filter(|e| *e == "pause").count();
+    let resumes = f.iter().filter(|e| *e == "resume").count();
+    assert_eq!(pauses, resumes, "flow events: {f:?}");
+}
+
+/// Half-close protocol: lose_write_connection, then the peer's FIN. The peer's FIN is never
+/// reported with read_connection_lost.
+#[test]
+fn half_closing_both_ways_reports_read_connection_lost() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let p = P {
+        log: log.clone(),
+        half: true,
+        on_data: None,
+    };
+    let st = StringTransport::connect(&mr, p);
+    st.transport().lose_write_connection();
+    mr.run_until_idle();
+    assert!(st.fin_received());
+    st.feed_eof();
+    let l = log.borrow().clone();
+    assert!(st.lost().is_some());
+    assert_eq!(l.last().unwrap(), "lost Done");
+    assert!(l.contains(&"read_lost".to_string()), "events: {l:?}");
+}
+
+/// Half-close protocol: peer FIN first (read_lost), then lose_write_connection:
+/// write_connection_lost is never delivered.
+#[test]
+fn half_closing_after_the_peer_reports_write_connection_lost() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let p = P {
+        log: log.clone(),
+        half: true,
+        on_data: None,
+    };
+    let st = StringTransport::connect(&mr, p);
+    st.feed_eof();
+    st.transport().lose_write_connection();
+    mr.run_until_idle();
+    let l = log.borrow().clone();
+    assert_eq!(l.last().unwrap(), "lost Done");
+    assert!(l.contains(&"write_lost".to_string()), "events: {l:?}");
+}
+
+/// Probe (expected to pass): lose_connection while reading is paused, peer sending forever.
+#[test]
+fn closing_while_paused_against_a_peer_that_keeps_sending_times_out() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let p = P {
+        log: log.clone(),
+        half: false,
+        on_data: None,
+    };
+    let st = StringTransport::with_options(&mr, p, opts(1024, 64, 16));
+    st.transport().pause_reading();
+    st.transport().lose_connection();
+    for _ in 0..40 {
+        st.feed(&[0u8; 4096]);
+        mr.advance(Duration::from_secs(1));
+        if st.lost().is_some() {
+            break;
+        }
+    }
+    assert!(
+        matches!(st.lost(), Some(CloseReason::CloseTimedOut)),
+        "{:?}",
+        st.lost()
+    );
+    assert_eq!(
+        log.borrow()
+            .iter()
+            .filter(|e| e.starts_with("lost"))
+            .count(),
+        1
+    );
+}
+
+/// Probe (expected to pass): EOF while paused, then resume from outside.
+#[test]
+fn eof_while_paused_then_resume() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let p = P {
+        log: log.clone(),
+        half: false,
+        on_data: None,
+    };
+    let st = StringTransport::connect(&mr, p);
+    st.transport().pause_reading();
+    mr.run_until_idle();
+    st.feed(b"hello");
+    st.feed_eof();
+    assert!(st.lost().is_none());
+    st.transport().resume_reading();
+    mr.run_until_idle();
+    assert!(
+        matches!(st.lost(), Some(CloseReason::Done)),
+        "{:?}",
+        st.lost()
+    );
+    assert_eq!(log.borrow().clone(), ["data 5", "lost Done"]);
+}
