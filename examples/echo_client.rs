@@ -10,7 +10,8 @@
 //! `tls:HOST:PORT[:caCerts=CA.pem]`, … — see `torsion::transports::ClientEndpoint`); a bare
 //! `HOST:PORT` still means `tcp:HOST:PORT`. Default `tcp:127.0.0.1:8000`.
 //!
-//! Exits 0 once the whole line came back, 1 if the connection failed or closed early.
+//! Exits 0 once the whole line came back, 1 if the connection failed, closed early or sent no
+//! echo within 10 s.
 //! A [`ClientFactory`] hears about the failed attempt (`client_connection_failed`).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -18,6 +19,7 @@
 use std::cell::Cell;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::time::Duration;
 
 use torsion::prelude::*;
 use torsion::reactor::WeakReactor;
@@ -35,6 +37,14 @@ impl Protocol for LineClient {
     fn connection_made(&mut self, transport: &mut dyn Transport) {
         println!("connected to {}", transport.peer_address());
         transport.write(&self.line);
+        // A server that never answers must not keep us waiting for ever.
+        let (handle, ok) = (transport.handle(), self.ok.clone());
+        let _deadline = transport.reactor().call_later(ECHO_TIMEOUT, move |_| {
+            if !ok.get() {
+                eprintln!("no echo within {} s", ECHO_TIMEOUT.as_secs());
+                handle.abort_connection();
+            }
+        });
     }
 
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
@@ -42,12 +52,16 @@ impl Protocol for LineClient {
         if self.echoed.len() >= self.line.len() {
             print!("echo: {}", String::from_utf8_lossy(&self.echoed));
             self.ok.set(self.echoed == self.line);
+            // Done: our FIN goes out; no need to wait for the server's.
             transport.lose_connection();
+            transport.reactor().stop();
         }
     }
 
     fn connection_lost(&mut self, reason: CloseReason) {
-        if !self.ok.get() {
+        if !self.ok.get() && self.echoed.len() >= self.line.len() {
+            eprintln!("the echo differs from what was sent");
+        } else if !self.ok.get() {
             eprintln!(
                 "connection closed before the echo came back ({} of {} bytes): {reason}",
                 self.echoed.len(),
@@ -56,6 +70,9 @@ impl Protocol for LineClient {
         }
     }
 }
+
+/// How long to wait for the echo once connected.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the one protocol, and stops the reactor however the attempt ends.
 struct OneLine {

@@ -30,6 +30,8 @@ use torsion::ClientEndpoint;
 struct Client {
     message: Vec<u8>,
     received: usize,
+    /// The whole echo came back.
+    echoed: Rc<Cell<bool>>,
 }
 
 impl Protocol for Client {
@@ -47,6 +49,7 @@ impl Protocol for Client {
         println!("received: {}", String::from_utf8_lossy(data));
         self.received += data.len();
         if self.received >= self.message.len() {
+            self.echoed.set(true);
             transport.lose_connection();
         }
     }
@@ -71,6 +74,7 @@ impl ClientFactory for Factory {
         Some(Box::new(Client {
             message: self.message.clone(),
             received: 0,
+            echoed: self.ok.clone(),
         }))
     }
 
@@ -86,8 +90,11 @@ impl ClientFactory for Factory {
     }
 
     fn client_connection_lost(&mut self, _connector: &Connector, reason: CloseReason) {
-        self.ok.set(reason.is_clean());
-        if !reason.is_clean() {
+        // Success is the whole echo, then a clean close.
+        if !self.ok.get() {
+            eprintln!("connection closed before the echo came back: {reason}");
+        } else if !reason.is_clean() {
+            self.ok.set(false);
             eprintln!("connection lost: {reason}");
         }
         self.stop_soon();
