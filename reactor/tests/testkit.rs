@@ -810,8 +810,8 @@ impl Producer for HandOver {
     }
 }
 
-#[test]
-fn a_producer_replaced_from_inside_its_own_call_is_stopped_once() {
+/// Registers a [`HandOver`] producer and runs until idle: what was written, and its log.
+fn hand_over(then_unregister: bool) -> (Vec<u8>, Vec<&'static str>) {
     let mr = MemoryReactor::new();
     let (proto, _events) = Recorder::new();
     let st = StringTransport::connect(&mr, proto);
@@ -820,32 +820,28 @@ fn a_producer_replaced_from_inside_its_own_call_is_stopped_once() {
         Box::new(HandOver {
             transport: st.transport().clone(),
             log: log.clone(),
-            then_unregister: false,
+            then_unregister,
         }),
         false,
     );
     mr.run_until_idle();
-    assert_eq!(st.take(), b"first second");
-    assert_eq!(*log.borrow(), vec!["first resumed", "first stopped"]);
+    let written = st.take();
+    let log = log.borrow().clone();
+    (written, log)
+}
+
+#[test]
+fn a_producer_replaced_from_inside_its_own_call_is_stopped_once() {
+    let (written, log) = hand_over(false);
+    assert_eq!(written, b"first second");
+    assert_eq!(log, vec!["first resumed", "first stopped"]);
 }
 
 #[test]
 fn a_producer_replaced_then_unregistered_inside_its_call_is_still_stopped() {
-    let mr = MemoryReactor::new();
-    let (proto, _events) = Recorder::new();
-    let st = StringTransport::connect(&mr, proto);
-    let log = Rc::new(RefCell::new(Vec::new()));
-    st.transport().register_producer(
-        Box::new(HandOver {
-            transport: st.transport().clone(),
-            log: log.clone(),
-            then_unregister: true,
-        }),
-        false,
-    );
-    mr.run_until_idle();
-    assert_eq!(st.take(), b"first ");
-    assert_eq!(*log.borrow(), vec!["first resumed", "first stopped"]);
+    let (written, log) = hand_over(true);
+    assert_eq!(written, b"first ");
+    assert_eq!(log, vec!["first resumed", "first stopped"]);
 }
 
 #[test]
