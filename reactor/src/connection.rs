@@ -21,7 +21,7 @@
 //! - `abort_connection`: `SO_LINGER` 0 and close: the peer gets a reset; buffered data is
 //!   dropped.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::rc::{Rc, Weak};
@@ -374,6 +374,16 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 tracing::error!(peer = %self.peer, panic = %msg, "protocol wrapper panicked; aborting this connection");
                 self.finish(CloseReason::Panic(msg), true);
             }
+        }
+    }
+
+    /// A write went to the socket whole: a pull producer that wrote nothing when last asked
+    /// (a layer held its data) is asked again now that something was written.
+    fn wrote_all(&self, mut st: RefMut<'_, State>) {
+        let stalled = std::mem::take(&mut st.pull_stalled);
+        drop(st);
+        if stalled {
+            self.pull_again_if_drained();
         }
     }
 
@@ -827,14 +837,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
                 None => return,
             };
             match result {
-                Ok(n) if n == data.len() => {
-                    let stalled = std::mem::take(&mut st.pull_stalled);
-                    drop(st);
-                    if stalled {
-                        self.pull_again_if_drained();
-                    }
-                    return;
-                }
+                Ok(n) if n == data.len() => return self.wrote_all(st),
                 Ok(n) => st.wbuf.push(&data[n..]),
                 Err(e) => {
                     drop(st);
@@ -886,12 +889,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             0
         };
         if written == total {
-            let stalled = std::mem::take(&mut st.pull_stalled);
-            drop(st);
-            if stalled {
-                self.pull_again_if_drained();
-            }
-            return;
+            return self.wrote_all(st);
         }
         st.wbuf.push_vectored(bufs, written);
         if written > 0 {

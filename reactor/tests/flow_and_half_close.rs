@@ -44,6 +44,17 @@ impl Protocol for P {
     }
 }
 
+impl P {
+    /// A recording protocol with no data handler.
+    fn new(log: &Log, half: bool) -> Self {
+        P {
+            log: log.clone(),
+            half,
+            on_data: None,
+        }
+    }
+}
+
 fn opts(capacity: usize, high: usize, low: usize) -> MemoryOptions {
     MemoryOptions {
         capacity,
@@ -64,8 +75,8 @@ fn flow(log: &Log) -> Vec<String> {
         .collect()
 }
 
-/// A RESUME queued before a PAUSE is delivered after it (lowest bit first): the protocol hears
-/// pause, pause, resume and believes it is resumed while the transport believes it is paused.
+/// A resume and a pause both queued before delivery cancel out: the protocol, told to pause
+/// before, hears nothing more and stays paused, as the transport is.
 #[test]
 fn a_resume_then_a_pause_in_one_callback_leave_the_protocol_paused() {
     let mr = MemoryReactor::new();
@@ -102,16 +113,12 @@ fn a_resume_then_a_pause_in_one_callback_leave_the_protocol_paused() {
     );
 }
 
-/// Same from outside callbacks: both flags queued before the scheduled delivery runs.
+/// The same from outside callbacks: both queued before the scheduled delivery runs.
 #[test]
 fn a_resume_then_a_pause_outside_callbacks_leave_the_protocol_paused() {
     let mr = MemoryReactor::new();
     let log: Log = Default::default();
-    let p = P {
-        log: log.clone(),
-        half: false,
-        on_data: None,
-    };
+    let p = P::new(&log, false);
     let st = StringTransport::with_options(&mr, p, opts(10, 20, 5));
     let t = st.transport().clone();
     t.write(&[1u8; 100]);
@@ -137,17 +144,13 @@ fn a_resume_then_a_pause_outside_callbacks_leave_the_protocol_paused() {
     assert_eq!(pauses, resumes, "flow events: {f:?}");
 }
 
-/// Half-close protocol: lose_write_connection, then the peer's FIN. The peer's FIN is never
-/// reported with read_connection_lost.
+/// Half-close protocol: lose_write_connection, then the peer's FIN: read_connection_lost
+/// comes before connection_lost.
 #[test]
 fn half_closing_both_ways_reports_read_connection_lost() {
     let mr = MemoryReactor::new();
     let log: Log = Default::default();
-    let p = P {
-        log: log.clone(),
-        half: true,
-        on_data: None,
-    };
+    let p = P::new(&log, true);
     let st = StringTransport::connect(&mr, p);
     st.transport().lose_write_connection();
     mr.run_until_idle();
@@ -159,17 +162,13 @@ fn half_closing_both_ways_reports_read_connection_lost() {
     assert!(l.contains(&"read_lost".to_string()), "events: {l:?}");
 }
 
-/// Half-close protocol: peer FIN first (read_lost), then lose_write_connection:
-/// write_connection_lost is never delivered.
+/// Half-close protocol: the peer's FIN first (read_lost), then lose_write_connection:
+/// write_connection_lost comes before connection_lost.
 #[test]
 fn half_closing_after_the_peer_reports_write_connection_lost() {
     let mr = MemoryReactor::new();
     let log: Log = Default::default();
-    let p = P {
-        log: log.clone(),
-        half: true,
-        on_data: None,
-    };
+    let p = P::new(&log, true);
     let st = StringTransport::connect(&mr, p);
     st.feed_eof();
     st.transport().lose_write_connection();
@@ -179,16 +178,13 @@ fn half_closing_after_the_peer_reports_write_connection_lost() {
     assert!(l.contains(&"write_lost".to_string()), "events: {l:?}");
 }
 
-/// Probe (expected to pass): lose_connection while reading is paused, peer sending forever.
+/// lose_connection while reading is paused, against a peer that keeps sending: the close
+/// timeout still ends it.
 #[test]
 fn closing_while_paused_against_a_peer_that_keeps_sending_times_out() {
     let mr = MemoryReactor::new();
     let log: Log = Default::default();
-    let p = P {
-        log: log.clone(),
-        half: false,
-        on_data: None,
-    };
+    let p = P::new(&log, false);
     let st = StringTransport::with_options(&mr, p, opts(1024, 64, 16));
     st.transport().pause_reading();
     st.transport().lose_connection();
@@ -213,16 +209,12 @@ fn closing_while_paused_against_a_peer_that_keeps_sending_times_out() {
     );
 }
 
-/// Probe (expected to pass): EOF while paused, then resume from outside.
+/// EOF while paused is held until reading resumes (from outside callbacks).
 #[test]
 fn eof_while_paused_then_resume() {
     let mr = MemoryReactor::new();
     let log: Log = Default::default();
-    let p = P {
-        log: log.clone(),
-        half: false,
-        on_data: None,
-    };
+    let p = P::new(&log, false);
     let st = StringTransport::connect(&mr, p);
     st.transport().pause_reading();
     mr.run_until_idle();

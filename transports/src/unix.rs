@@ -54,9 +54,14 @@ fn new_socket() -> io::Result<Socket> {
 /// Removes the socket file a port bound, once it stops: only if a socket file is still there
 /// (never whatever else was put at the path meanwhile).
 pub(crate) fn remove_socket_file(path: &Path) {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+    if is_socket_file(path) {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// A socket file (not followed through a symbolic link) is at `path`.
+fn is_socket_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// Binds `socket` (stream or datagram) to a Unix path, replacing a stale socket file left by
@@ -75,8 +80,7 @@ pub(crate) fn bind_path(socket: &Socket, ty: Type, addr: &SockAddr, path: &Path)
         return Err(Error::io(format!("bind {shown}"), e));
     }
     // Only a socket file can be stale: anything else at the path is someone's data.
-    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-    if !is_socket {
+    if !is_socket_file(path) {
         return Err(Error::io(
             format!("bind {shown}"),
             io::Error::new(
