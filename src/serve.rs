@@ -11,7 +11,7 @@ use torsion::protocols::policies::ConnectionLimits;
 use torsion::protocols::wire::{
     Chargen, DatagramDiscard, DatagramEcho, Daytime, Discard, Echo, Qotd,
 };
-use torsion::reactor::ShutdownPhase;
+use torsion::reactor::{ShutdownPhase, DEFAULT_BUSY_POLL};
 use torsion::{Address, ListeningPort, LoopingCall, Reactor, ServerEndpoint, SharedFactory};
 
 /// How long a graceful stop waits for open connections to close.
@@ -72,6 +72,11 @@ pub struct ServeArgs {
     /// Refuse connections beyond this many open at once from one IP address.
     #[arg(long, value_name = "N")]
     max_conns_per_peer: Option<NonZeroUsize>,
+
+    /// The most the event loop spins (polls without sleeping) before it blocks, in
+    /// microseconds; the window adapts to the traffic and closes when idle. 0 turns it off.
+    #[arg(long, value_name = "MICROS", default_value_t = DEFAULT_BUSY_POLL.as_micros() as u64)]
+    busy_poll_us: u64,
 }
 
 /// `--idle-timeout SECS` as a duration: a positive number of seconds that fits a `Duration`
@@ -172,6 +177,7 @@ fn serve(
     let reactor = Reactor::new()?;
     reactor.stop_on_signals()?;
     reactor.set_shutdown_timeout(DRAIN_TIMEOUT);
+    reactor.set_busy_poll(Duration::from_micros(args.busy_poll_us));
     let factory = factory(args, idle_timeout);
     let mut ports = Vec::new();
     let mut datagram_ports = Vec::new();

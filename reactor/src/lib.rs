@@ -68,6 +68,7 @@
 mod address;
 mod backend;
 pub mod buffer;
+mod busy_poll;
 mod clock;
 mod connection;
 mod datagram;
@@ -83,6 +84,7 @@ mod transport;
 
 pub use address::{Address, UnixAddress};
 pub use backend::{BackendKind, Interest, Readiness};
+pub use busy_poll::DEFAULT_BUSY_POLL;
 pub use clock::VirtualClock;
 pub use connection::{ConnectionConfig, LostHook, StreamConnection, StreamIo};
 pub use datagram::{
