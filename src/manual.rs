@@ -61,6 +61,14 @@
 //! TLS transport the protocol writes through adds the following. The module's docs have the
 //! details.
 //!
+//! - **Client attempts.** On a client from
+//!   [`connect_tls`](crate::transports::tls::TlsReactorExt::connect_tls), the handshake is
+//!   part of the connection attempt: the protocol is built once it completed, and a failed
+//!   handshake reaches `client_connection_failed`. [`Connector::stop_connecting`](crate::Connector::stop_connecting)
+//!   (or `disconnect`) during the handshake resets the connection at once and the factory
+//!   hears `client_connection_failed` with `Aborted` on the next turn, as when stopped while
+//!   TCP connects; it never hears `client_connection_lost`. After the handshake,
+//!   `stop_connecting` does nothing and `disconnect` closes as `lose_connection` does.
 //! - **Closing.** [`lose_connection`](crate::Transport::lose_connection) hands the stream the
 //!   plaintext written so far, encrypted, then a `close_notify` alert; the stream flushes,
 //!   sends FIN and waits for the peer's FIN, discarding what arrives. A peer that answers (its

@@ -299,7 +299,9 @@ pub trait ConnectorOps {
     /// Starts a new connection attempt (for example to reconnect after a failure). Ignored if
     /// one is in progress or connected.
     fn connect(&self);
-    /// Abandons the attempt in progress; the factory sees `client_connection_failed`.
+    /// Abandons the attempt in progress; the factory sees `client_connection_failed` with
+    /// [`CloseReason::Aborted`] on the next turn. Does nothing once connected (a TLS
+    /// connector is connected once its handshake completed).
     fn stop_connecting(&self);
     /// Closes the connection if connected (gracefully), else stops connecting.
     fn disconnect(&self);

@@ -7,7 +7,8 @@
 //! `client_connection_lost`) or `client_connection_failed` with a distinct reason. A factory
 //! that builds no protocol for the new connection fails the attempt with
 //! [`CloseReason::NoProtocol`] (or [`CloseReason::Panic`] if `build_protocol` panicked), so a
-//! reconnecting factory always hears how its attempt ended.
+//! reconnecting factory always hears how its attempt ended. With a bind address
+//! ([`ConnectOptions::bind`]), only the resolved addresses of its family are tried.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -15,6 +16,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -35,6 +37,13 @@ pub struct ConnectOptions {
     /// Time the whole attempt (resolution and every address) may take. Default 30 s.
     pub timeout: Duration,
     /// Local address to bind before connecting (TCP only). Default: none.
+    ///
+    /// A socket has one address family, so only the destination's addresses of the bind
+    /// address's family are tried (a host name that resolves to both families connects over
+    /// the bind address's). A destination with none, such as `::1` with the bind address
+    /// `127.0.0.1`, fails the attempt at once with a [`CloseReason::Io`] error of kind
+    /// [`InvalidInput`](std::io::ErrorKind::InvalidInput) whose message names the bind
+    /// address and the families.
     pub bind: Option<SocketAddr>,
     /// Set `TCP_NODELAY` on the connection. Default true.
     pub no_delay: bool,
@@ -214,6 +223,18 @@ impl ConnectorInner {
                 "the name resolved to no addresses".into(),
             )),
             Ok(addrs) => {
+                let addrs = match (&self.target, self.options.bind) {
+                    (Target::Tcp { .. }, Some(bind)) => {
+                        match addresses_for_bind(addrs, bind, &self.destination()) {
+                            Ok(addrs) => addrs,
+                            Err(e) => {
+                                self.fail(CloseReason::Io(Arc::new(e)));
+                                return;
+                            }
+                        }
+                    }
+                    _ => addrs,
+                };
                 *self.remaining.borrow_mut() = addrs.into();
                 self.try_next();
             }
@@ -264,7 +285,10 @@ impl ConnectorInner {
             };
         let socket = Socket::new(kind, Type::STREAM.nonblocking().cloexec(), None)?;
         if let (Some(bind), Target::Tcp { .. }) = (self.options.bind, &self.target) {
-            socket.bind(&bind.into())?;
+            // The kernel's error alone (say EADDRNOTAVAIL) would not say which address.
+            socket.bind(&bind.into()).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot bind to {}: {e}", show_bind(bind)))
+            })?;
         }
         match socket.connect(addr) {
             Ok(()) => Ok(socket),
@@ -471,6 +495,56 @@ impl ConnectorOps for ConnectorInner {
     }
 }
 
+/// The resolved addresses that a socket bound to `bind` can connect to: those of the bind
+/// address's family, in their order (a socket has one family, and the kernel refuses to bind
+/// an address of the other one with a bare `EINVAL` or `EAFNOSUPPORT`). When none is left,
+/// an [`io::ErrorKind::InvalidInput`] error that names the bind address and the family of
+/// `destination`.
+fn addresses_for_bind(
+    addrs: Vec<SockAddr>,
+    bind: SocketAddr,
+    destination: &str,
+) -> io::Result<Vec<SockAddr>> {
+    let total = addrs.len();
+    let kept: Vec<SockAddr> = addrs
+        .into_iter()
+        .filter(|a| a.as_socket().is_some_and(|a| a.is_ipv4() == bind.is_ipv4()))
+        .collect();
+    let (family, other) = if bind.is_ipv4() {
+        ("IPv4", "IPv6")
+    } else {
+        ("IPv6", "IPv4")
+    };
+    if kept.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "cannot connect from bind address {} ({family}) to {destination}: it has only \
+                 {other} addresses; bind to an {other} address (or to none), or connect to a \
+                 destination with an {family} address",
+                show_bind(bind)
+            ),
+        ));
+    }
+    if kept.len() < total {
+        tracing::debug!(
+            destination,
+            bind = %show_bind(bind),
+            skipped = total - kept.len(),
+            "skipping the {other} addresses: the bind address is {family}"
+        );
+    }
+    Ok(kept)
+}
+
+/// A bind address as given: the IP alone when the port is left to the system (0).
+fn show_bind(bind: SocketAddr) -> String {
+    match bind.port() {
+        0 => bind.ip().to_string(),
+        _ => bind.to_string(),
+    }
+}
+
 pub(crate) fn sockaddr_to_address(addr: &SockAddr) -> Address {
     if let Some(a) = addr.as_socket() {
         return Address::Inet(a);
@@ -528,4 +602,61 @@ pub(crate) fn abstract_sockaddr(name: &[u8]) -> io::Result<SockAddr> {
     path.extend_from_slice(name);
     use std::os::unix::ffi::OsStrExt;
     SockAddr::unix(std::ffi::OsStr::from_bytes(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SockAddr> {
+        list.iter()
+            .map(|a| SockAddr::from(a.parse::<SocketAddr>().unwrap()))
+            .collect()
+    }
+
+    fn shown(list: &[SockAddr]) -> Vec<String> {
+        list.iter()
+            .map(|a| a.as_socket().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_bind_address_keeps_the_addresses_of_its_family_in_order() {
+        let mixed = addrs(&["[::1]:80", "127.0.0.1:80", "[fd00::2]:80", "10.0.0.1:80"]);
+        let v4 = addresses_for_bind(mixed.clone(), "127.0.0.1:0".parse().unwrap(), "h:80");
+        assert_eq!(shown(&v4.unwrap()), ["127.0.0.1:80", "10.0.0.1:80"]);
+        let v6 = addresses_for_bind(mixed, "[::1]:0".parse().unwrap(), "h:80");
+        assert_eq!(shown(&v6.unwrap()), ["[::1]:80", "[fd00::2]:80"]);
+    }
+
+    #[test]
+    fn a_bind_address_of_the_other_family_is_an_invalid_input_naming_both() {
+        let err = addresses_for_bind(
+            addrs(&["[::1]:443"]),
+            "127.0.0.1:0".parse().unwrap(),
+            "[::1]:443",
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("bind address 127.0.0.1 (IPv4)")
+                && msg.contains("[::1]:443")
+                && msg.contains("only IPv6 addresses"),
+            "{msg}"
+        );
+        let err = addresses_for_bind(
+            addrs(&["127.0.0.1:80", "10.0.0.1:80"]),
+            "[::1]:4000".parse().unwrap(),
+            "example.test:80",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("bind address [::1]:4000 (IPv6)")
+                && msg.contains("example.test:80")
+                && msg.contains("only IPv4 addresses"),
+            "{msg}"
+        );
+    }
 }

@@ -22,7 +22,7 @@
 //!
 //! | type | form | keys |
 //! |---|---|---|
-//! | `tcp` | `tcp:HOST:PORT` | `timeout=SECONDS` (default 30, fractions allowed), `bindAddress=ADDR` (a local IP to connect from, or `IP\:PORT`) |
+//! | `tcp` | `tcp:HOST:PORT` | `timeout=SECONDS` (default 30, fractions allowed), `bindAddress=ADDR` (a local IP to connect from, or `IP\:PORT`; of the destination's family: an IP host of the other family is refused here, and of a name's addresses only those of that family are tried) |
 //! | `unix` | `unix:PATH` | `timeout=SECONDS`; a path starting with `@` is a Linux abstract name |
 //! | `tls` (or `ssl`) | `tls:HOST:PORT` | as `tcp`, plus `caCerts=CA.pem` (default: the Mozilla roots of `webpki-roots`) and `certificate=CERT.pem:privateKey=KEY.pem` (a client certificate, for servers that require one; both or neither) |
 //! | `tlsunix` | `tlsunix:PATH:host=NAME` | TLS over a Unix socket path (not an abstract name), the server's certificate verified against `NAME`; `caCerts`, `certificate` + `privateKey` as `tls` |
@@ -794,7 +794,9 @@ pub enum ClientEndpoint {
         /// The connect timeout (`timeout=`); `None` is
         /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT).
         timeout: Option<Duration>,
-        /// The local address to connect from (`bindAddress=`; port 0 picks one).
+        /// The local address to connect from (`bindAddress=`; port 0 picks one). Only the
+        /// host's addresses of its family are tried (see
+        /// [`ConnectOptions::bind`](crate::ConnectOptions::bind)).
         bind: Option<SocketAddr>,
     },
     /// A Unix socket (`unix:PATH`).
@@ -814,7 +816,7 @@ pub enum ClientEndpoint {
         /// The connect timeout (`timeout=`); the TLS handshake then has its own deadline,
         /// [`DEFAULT_HANDSHAKE_TIMEOUT`](crate::tls::DEFAULT_HANDSHAKE_TIMEOUT).
         timeout: Option<Duration>,
-        /// The local address to connect from (`bindAddress=`).
+        /// The local address to connect from (`bindAddress=`), as [`ClientEndpoint::Tcp`]'s.
         bind: Option<SocketAddr>,
         /// The trusted CA and the optional client certificate.
         files: ClientTlsFiles,
@@ -982,6 +984,26 @@ fn parse_bind(value: &str) -> std::result::Result<SocketAddr, EndpointError> {
     }
 }
 
+/// A client socket has one address family: a bind address of the other family than an IP
+/// host could never connect (names are checked when connecting, against what they resolve
+/// to).
+fn check_bind_family(bind: SocketAddr, host: IpAddr) -> std::result::Result<(), EndpointError> {
+    if bind.is_ipv4() == host.is_ipv4() {
+        return Ok(());
+    }
+    let (family, other) = if bind.is_ipv4() {
+        ("IPv4", "IPv6")
+    } else {
+        ("IPv6", "IPv4")
+    };
+    err(format!(
+        "bindAddress={} is an {family} address, but the host {} is {other}: a connection \
+         binds to an address of its destination's family (use an {other} bindAddress, or none)",
+        fmt_bind(bind),
+        fmt_host(&host.to_string())
+    ))
+}
+
 fn fmt_bind(addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) => ip.to_string(),
@@ -1092,6 +1114,9 @@ impl FromStr for ClientEndpoint {
                 let timeout = timeout.transpose()?;
                 let bind = fields.take("bindAddress").map(|v| parse_bind(&v));
                 let bind = bind.transpose()?;
+                if let (Some(bind), Ok(ip)) = (bind, host.parse::<IpAddr>()) {
+                    check_bind_family(bind, ip)?;
+                }
                 if !tls {
                     return Ok(ClientEndpoint::Tcp {
                         host,

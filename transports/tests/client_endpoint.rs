@@ -219,6 +219,14 @@ fn errors_name_the_problem() {
         ("tcp:localhost:80:timeout=inf", "timeout=inf"),
         ("tcp:localhost:80:bindAddress=nope", "bindAddress=nope"),
         (
+            "tcp:[::1]:80:bindAddress=127.0.0.1",
+            "bindAddress=127.0.0.1 is an IPv4 address, but the host [::1] is IPv6",
+        ),
+        (
+            r"tls:127.0.0.1:443:bindAddress=[::1]\:4000",
+            r"bindAddress=[::1]\:4000 is an IPv6 address, but the host 127.0.0.1 is IPv4",
+        ),
+        (
             "tcp:localhost:80:colour=red",
             "unknown option 'colour' for tcp",
         ),

@@ -691,6 +691,105 @@ fn echo_over_ipv6_loopback() {
     assert!(outcome.borrow().failed.is_empty());
 }
 
+/// The one failure of an attempt, which must be the clear bind-address error: `InvalidInput`,
+/// naming the bind address and its family, the destination and the family it has.
+fn assert_bind_family_failure(outcome: &Outcome, bind: &str, destination: &str, v4_bind: bool) {
+    let (family, other) = if v4_bind {
+        ("IPv4", "IPv6")
+    } else {
+        ("IPv6", "IPv4")
+    };
+    assert_eq!(outcome.built, 0);
+    assert!(outcome.lost.is_empty());
+    let [CloseReason::Io(e)] = outcome.failed.as_slice() else {
+        panic!("expected one I/O failure, got {:?}", outcome.failed);
+    };
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let msg = e.to_string();
+    for part in [
+        format!("bind address {bind} ({family})"),
+        destination.to_owned(),
+        format!("only {other} addresses"),
+    ] {
+        assert!(msg.contains(&part), "{msg:?} should mention {part:?}");
+    }
+}
+
+/// A bind address of the other family than the destination (an IPv4 bind address for `::1`,
+/// an IPv6 one for `127.0.0.1`) fails the attempt with a clear `InvalidInput`, not the
+/// kernel's bare `EINVAL`.
+#[test]
+fn a_bind_address_of_the_other_family_fails_clearly() {
+    for (host, bind, destination) in [
+        ("::1", "127.0.0.1", "[::1]:9"),
+        ("127.0.0.1", "::1", "127.0.0.1:9"),
+    ] {
+        let reactor = Reactor::new().unwrap();
+        let (factory, outcome, rec) = Watcher::new();
+        let bind_ip: std::net::IpAddr = bind.parse().unwrap();
+        let options = ConnectOptions {
+            bind: Some(SocketAddr::new(bind_ip, 0)),
+            ..ConnectOptions::default()
+        };
+        let _connector = reactor.connect_tcp_with(host, 9, factory, options);
+        run_attempt(&reactor, &outcome, &rec);
+        run_for(&reactor, Duration::from_millis(50)); // no second report
+        let o = outcome.borrow();
+        assert_eq!(o.started, 1);
+        assert_bind_family_failure(&o, bind, destination, bind_ip.is_ipv4());
+    }
+}
+
+/// A host name connects with the addresses of the bind address's family and skips the
+/// others; when it has none of that family, the attempt fails with the clear error. (Whether
+/// `localhost` has IPv6 addresses depends on the machine; both outcomes are checked.)
+#[test]
+fn a_name_connects_over_the_family_of_the_bind_address() {
+    use std::net::ToSocketAddrs;
+    let resolved: Vec<SocketAddr> = ("localhost", 1).to_socket_addrs().unwrap().collect();
+    for loopback in ["127.0.0.1", "::1"] {
+        let ip: std::net::IpAddr = loopback.parse().unwrap();
+        let reactor = Reactor::new().unwrap();
+        let port = match reactor.listen_tcp(SocketAddr::new(ip, 0), |_: &Address| Echo) {
+            Ok(port) => port,
+            Err(e) if ip.is_ipv6() => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("skipping IPv6: cannot listen on [::1]: {e}");
+                }
+                continue;
+            }
+            Err(e) => panic!("listen on {loopback}: {e}"),
+        };
+        let addr = port_addr(&port.local_address());
+        let (factory, outcome, rec) = Watcher::new();
+        let options = ConnectOptions {
+            bind: Some(SocketAddr::new(ip, 0)),
+            ..ConnectOptions::default()
+        };
+        let _connector = reactor.connect_tcp_with("localhost", addr.port(), factory, options);
+        run_attempt(&reactor, &outcome, &rec);
+        if resolved.iter().any(|a| a.is_ipv4() == ip.is_ipv4()) {
+            assert!(
+                outcome.borrow().failed.is_empty(),
+                "{:?}",
+                outcome.borrow().failed
+            );
+            let handle = rec.borrow().handle.clone().expect("connected");
+            assert_eq!(handle.peer_address(), Address::Inet(addr));
+            assert_eq!(
+                handle.local_address().socket_addr().map(|a| a.ip()),
+                Some(ip),
+                "connected from the bind address"
+            );
+            handle.abort_connection();
+        } else {
+            let destination = format!("localhost:{}", addr.port());
+            assert_bind_family_failure(&outcome.borrow(), loopback, &destination, ip.is_ipv4());
+        }
+    }
+}
+
 /// A client that closes as soon as it connects.
 struct QuitAtOnce;
 

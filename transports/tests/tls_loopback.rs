@@ -16,6 +16,7 @@ use torsion_reactor::prelude::*;
 use torsion_transports::tls::{
     self, ClientTlsConfig, DevCerts, ServerTlsConfig, TlsError, TlsReactorExt,
 };
+use torsion_transports::ReactorExt;
 use util::{pattern, port_addr, run_until, run_until_within, Log, Peer, SenderFactory};
 
 struct Echo;
@@ -571,4 +572,262 @@ fn silent_peer_over_tcp_is_cut_off_at_the_tls_close_timeout() {
         took < Duration::from_secs(5),
         "the TLS close timeout, not the stream's 30 s: {took:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Stopping a TLS connection attempt.
+
+/// What a [`Watcher`] client factory heard.
+#[derive(Default)]
+struct Heard {
+    started: usize,
+    built: usize,
+    failed: Vec<CloseReason>,
+    lost: Vec<CloseReason>,
+    /// The connector the last `started_connecting` received.
+    connector: Option<Connector>,
+}
+
+type HeardLog = Rc<RefCell<Heard>>;
+
+/// A client factory that records its hooks; its protocol records into `rec`.
+struct Watcher {
+    heard: HeardLog,
+    rec: util::Shared,
+}
+
+impl Watcher {
+    fn new() -> (Self, HeardLog, util::Shared) {
+        let heard = HeardLog::default();
+        let rec = util::record();
+        let watcher = Watcher {
+            heard: heard.clone(),
+            rec: rec.clone(),
+        };
+        (watcher, heard, rec)
+    }
+}
+
+impl ClientFactory for Watcher {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        self.heard.borrow_mut().built += 1;
+        Some(Box::new(util::Recorder::new(&self.rec)))
+    }
+    fn started_connecting(&mut self, connector: &Connector) {
+        let mut heard = self.heard.borrow_mut();
+        heard.started += 1;
+        heard.connector = Some(connector.clone());
+    }
+    fn client_connection_failed(&mut self, _connector: &Connector, reason: CloseReason) {
+        self.heard.borrow_mut().failed.push(reason);
+    }
+    fn client_connection_lost(&mut self, _connector: &Connector, reason: CloseReason) {
+        self.heard.borrow_mut().lost.push(reason);
+    }
+}
+
+/// What the silent server saw of its connections.
+#[derive(Default)]
+struct SilentLog {
+    /// Connections whose first bytes (the ClientHello) arrived.
+    hellos: usize,
+    /// Connections lost.
+    lost: usize,
+}
+
+/// A plain stream server protocol that takes the ClientHello and never answers.
+struct Silent {
+    log: Rc<RefCell<SilentLog>>,
+    seen: bool,
+}
+
+impl Protocol for Silent {
+    fn data_received(&mut self, _t: &mut dyn Transport, _data: &[u8]) {
+        // Counted once: the ClientHello may come in pieces.
+        if !std::mem::replace(&mut self.seen, true) {
+            self.log.borrow_mut().hellos += 1;
+        }
+    }
+    fn connection_lost(&mut self, _reason: CloseReason) {
+        self.log.borrow_mut().lost += 1;
+    }
+}
+
+fn silent_factory(log: &Rc<RefCell<SilentLog>>) -> impl Factory {
+    let log = log.clone();
+    move |_: &Address| Silent {
+        log: log.clone(),
+        seen: false,
+    }
+}
+
+/// Waits until the silent server has the attempt's ClientHello (so TCP is connected and the
+/// handshake under way), calls `stop` on `connector`, and checks that the attempt ends at
+/// once: one `client_connection_failed(Aborted)`, within well under a second (not at the
+/// 10 s handshake deadline), no protocol built, no `client_connection_lost`, and the
+/// server's connection reset.
+fn stop_during_handshake(
+    reactor: &Reactor,
+    server: &Rc<RefCell<SilentLog>>,
+    heard: &HeardLog,
+    rec: &util::Shared,
+    attempt: usize,
+    stop: impl FnOnce(),
+) {
+    let s = server.clone();
+    run_until(reactor, "the ClientHello to reach the server", move || {
+        s.borrow().hellos == attempt
+    });
+    assert_eq!(
+        heard.borrow().failed.len(),
+        attempt - 1,
+        "still handshaking"
+    );
+    let stopped = Instant::now();
+    stop();
+    let h = heard.clone();
+    run_until_within(
+        reactor,
+        Duration::from_secs(1),
+        "the stopped attempt to fail",
+        move || h.borrow().failed.len() == attempt,
+    );
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "stopped at once: {took:?}"
+    );
+    let s = server.clone();
+    run_until_within(
+        reactor,
+        Duration::from_secs(1),
+        "the server's connection to end",
+        move || s.borrow().lost == attempt,
+    );
+    util::run_for(reactor, Duration::from_millis(100)); // nothing more comes
+    let heard = heard.borrow();
+    assert!(
+        matches!(heard.failed[attempt - 1], CloseReason::Aborted),
+        "client_connection_failed(Aborted): {:?}",
+        heard.failed
+    );
+    assert_eq!(heard.failed.len(), attempt, "{:?}", heard.failed);
+    assert!(heard.lost.is_empty(), "never connected: {:?}", heard.lost);
+    assert_eq!(heard.built, 0, "no protocol built");
+    assert!(!rec.borrow().made, "no connection_made");
+}
+
+/// `stop_connecting` during the TLS handshake (TCP connected, the server silent) ends the
+/// attempt at once with `Aborted`, as during a TCP connect, on the connector `connect_tls`
+/// returned; the connector then connects again, and `disconnect` on the connector the
+/// factory's hook received stops that attempt's handshake too.
+#[test]
+fn stop_connecting_during_the_handshake_aborts_the_attempt() {
+    let (_d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let server = Rc::new(RefCell::new(SilentLog::default()));
+    let port = reactor
+        .listen_tcp("127.0.0.1:0", silent_factory(&server))
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    let (factory, heard, rec) = Watcher::new();
+    let connector = reactor.connect_tls("127.0.0.1", addr.port(), &client_config(&c), factory);
+    stop_during_handshake(&reactor, &server, &heard, &rec, 1, || {
+        connector.stop_connecting()
+    });
+
+    connector.connect();
+    let hooked = {
+        let h = heard.clone();
+        run_until(&reactor, "the second attempt to start", move || {
+            h.borrow().started == 2
+        });
+        heard
+            .borrow()
+            .connector
+            .clone()
+            .expect("the hook's connector")
+    };
+    stop_during_handshake(&reactor, &server, &heard, &rec, 2, || hooked.disconnect());
+    heard.borrow_mut().connector = None; // it holds the factory
+}
+
+/// The same over a Unix socket (`connect_tls_unix`), stopped through the connector that
+/// `started_connecting` received.
+#[test]
+fn stop_connecting_during_a_unix_handshake_aborts_the_attempt() {
+    let (d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let server = Rc::new(RefCell::new(SilentLog::default()));
+    let path = d.path().join("silent.sock");
+    let _port = reactor.listen_unix(&path, silent_factory(&server)).unwrap();
+    let (factory, heard, rec) = Watcher::new();
+    let _connector = reactor.connect_tls_unix(&path, "localhost", &client_config(&c), factory);
+    let hooked = {
+        let h = heard.clone();
+        run_until(&reactor, "the attempt to start", move || {
+            h.borrow().started == 1
+        });
+        heard
+            .borrow()
+            .connector
+            .clone()
+            .expect("the hook's connector")
+    };
+    stop_during_handshake(&reactor, &server, &heard, &rec, 1, || {
+        hooked.stop_connecting()
+    });
+    heard.borrow_mut().connector = None;
+}
+
+/// Once the handshake completed the connection is made: `stop_connecting` changes nothing
+/// (as on a connected TCP connector), and `disconnect` closes it gracefully, TLS
+/// `close_notify` included, so both ends see a clean close.
+#[test]
+fn after_the_handshake_stop_connecting_does_nothing_and_disconnect_closes_cleanly() {
+    let (_d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let server = util::record();
+    let s = server.clone();
+    let port = reactor
+        .listen_tls("127.0.0.1:0", &server_config(&c), move |_: &Address| {
+            util::Recorder::echo(&s)
+        })
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    let (factory, heard, rec) = Watcher::new();
+    let connector = reactor.connect_tls("127.0.0.1", addr.port(), &client_config(&c), factory);
+    let r = rec.clone();
+    run_until(&reactor, "the handshake", move || r.borrow().made);
+
+    connector.stop_connecting();
+    util::run_for(&reactor, Duration::from_millis(200));
+    {
+        let heard = heard.borrow();
+        assert!(heard.failed.is_empty(), "{:?}", heard.failed);
+        assert!(heard.lost.is_empty(), "{:?}", heard.lost);
+        assert_eq!(heard.built, 1);
+    }
+    assert_eq!(rec.borrow().lost_calls, 0, "still connected");
+    let handle = rec.borrow().handle.clone().expect("connected");
+    handle.write(b"still here");
+    let r = rec.clone();
+    run_until(&reactor, "the echo", move || r.borrow().data.len() >= 10);
+    assert_eq!(rec.borrow().data, b"still here");
+
+    connector.disconnect();
+    let (h, s) = (heard.clone(), server.clone());
+    run_until(&reactor, "both ends to close", move || {
+        !h.borrow().lost.is_empty() && util::is_lost(&s)
+    });
+    util::run_for(&reactor, Duration::from_millis(100));
+    util::assert_lost_once(&rec, "client", CloseReason::is_clean);
+    util::assert_lost_once(&server, "server", CloseReason::is_clean);
+    let heard = heard.borrow();
+    assert!(
+        matches!(heard.lost.as_slice(), [CloseReason::Done]),
+        "{:?}",
+        heard.lost
+    );
+    assert!(heard.failed.is_empty(), "{:?}", heard.failed);
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rustls::Connection;
 use rustls_pki_types::{CertificateDer, ServerName};
 use torsion_reactor::{
-    Address, ClientFactory, CloseReason, Connector, DelayedCall, Factory, Keepalive,
+    Address, ClientFactory, CloseReason, Connector, ConnectorOps, DelayedCall, Factory, Keepalive,
     PeerCredentials, Producer, Protocol, Reactor, SharedFactory, Transport, TransportHandle,
 };
 
@@ -378,6 +378,27 @@ impl Shared {
             self.raw.abort_connection();
         }
     }
+
+    fn handshake_done(&self) -> bool {
+        self.st.borrow().handshake_done
+    }
+
+    /// `stop_connecting` on a client's connector during the handshake: resets the stream
+    /// at once. The connection then ends with `Aborted` (on the stream's next turn), or with
+    /// the TLS failure that had already ended the handshake and whose close was under way.
+    fn abort_handshake(&self) {
+        let pending = {
+            let st = self.st.borrow();
+            !st.handshake_done && !st.closed
+        };
+        if pending {
+            tracing::debug!(
+                peer = %self.raw.peer_address(),
+                "connection attempt stopped during the TLS handshake; aborting"
+            );
+            self.raw.abort_connection();
+        }
+    }
 }
 
 impl Transport for Shared {
@@ -675,6 +696,8 @@ pub struct TlsProtocol {
     limits: TlsLimits,
     deadline: Option<DelayedCall>,
     outcome: Option<OutcomeSlot>,
+    /// The attempt of the `connect_tls` connector this layer runs for, told of the layer.
+    attempt: Option<Rc<ClientAttempt>>,
     on_handshake: Option<HandshakeCallback>,
     early_failure: Option<TlsError>,
     plain_in: Vec<u8>,
@@ -699,6 +722,7 @@ impl TlsProtocol {
             limits,
             deadline: None,
             outcome: None,
+            attempt: None,
             on_handshake: None,
             early_failure: None,
             plain_in: Vec::new(),
@@ -771,8 +795,9 @@ impl TlsProtocol {
         self
     }
 
-    fn with_outcome(mut self, slot: OutcomeSlot) -> Self {
+    fn with_outcome(mut self, slot: OutcomeSlot, attempt: Rc<ClientAttempt>) -> Self {
         self.outcome = Some(slot);
+        self.attempt = Some(attempt);
         self
     }
 
@@ -890,6 +915,9 @@ impl Protocol for TlsProtocol {
                 s.handshake_timed_out(timeout);
             }
         }));
+        if let Some(attempt) = &self.attempt {
+            attempt.set(&shared);
+        }
         shared.flush(); // a client's ClientHello
 
         // STARTTLS: what the protocol wrote after `start_tls`, and the handles it took before,
@@ -1131,13 +1159,93 @@ impl Factory for ServerFactory {
     }
 }
 
+/// What a `connect_tls` connector shares with its client-factory wrapper: the TLS layer of
+/// its current connection, so that [`TlsConnector`] can stop the attempt during the
+/// handshake (the stream connector counts itself connected once TCP is).
+#[derive(Default)]
+pub(crate) struct ClientAttempt {
+    layer: RefCell<Weak<Shared>>,
+}
+
+impl ClientAttempt {
+    fn set(&self, layer: &Rc<Shared>) {
+        *self.layer.borrow_mut() = Rc::downgrade(layer);
+    }
+
+    fn clear(&self) {
+        *self.layer.borrow_mut() = Weak::new();
+    }
+
+    /// The layer of the current connection, while its stream lives.
+    fn layer(&self) -> Option<Rc<Shared>> {
+        let layer = self.layer.borrow().upgrade()?;
+        let closed = layer.st.borrow().closed;
+        (!closed).then_some(layer)
+    }
+}
+
+/// The [`Connector`] of `connect_tls` and `connect_tls_unix`, the one the user gets back and
+/// the one its client factory's hooks receive: the stream connector's, except that the
+/// attempt lasts until the TLS handshake completed.
+///
+/// - `stop_connecting` (and `disconnect`) during the handshake reset the stream at once,
+///   and the factory hears `client_connection_failed` with [`CloseReason::Aborted`] on the
+///   next turn, as when stopped while TCP connects; the protocol is never built. After the
+///   handshake, `stop_connecting` does nothing, as on a connected TCP connector.
+/// - `disconnect` after the handshake closes the TLS connection gracefully, as the
+///   protocol's `lose_connection` does (`close_notify`, then FIN).
+pub(crate) struct TlsConnector {
+    stream: Connector,
+    attempt: Rc<ClientAttempt>,
+}
+
+impl TlsConnector {
+    /// The TLS connector over `stream`, the connector the wrapper with `attempt` was given to.
+    pub(crate) fn wrap(stream: Connector, attempt: Rc<ClientAttempt>) -> Connector {
+        Connector::new(Rc::new(TlsConnector { stream, attempt }))
+    }
+}
+
+impl ConnectorOps for TlsConnector {
+    fn connect(&self) {
+        self.stream.connect();
+    }
+
+    fn stop_connecting(&self) {
+        match self.attempt.layer() {
+            Some(layer) => layer.abort_handshake(), // nothing once the handshake completed
+            None => self.stream.stop_connecting(),
+        }
+    }
+
+    fn disconnect(&self) {
+        match self.attempt.layer() {
+            Some(layer) if layer.handshake_done() => layer.lose_connection(),
+            Some(layer) => layer.abort_handshake(),
+            None => self.stream.disconnect(),
+        }
+    }
+
+    fn destination(&self) -> String {
+        self.stream.destination()
+    }
+}
+
 /// The client factory `connect_tls` gives the stream connector: builds the user's protocol
-/// once the handshake completed, and reports handshake failures as connection failures.
+/// once the handshake completed, reports handshake failures as connection failures, and
+/// gives the user's factory the [`TlsConnector`] in place of the stream's.
 pub(crate) struct ClientFactoryWrapper {
     pub(crate) inner: Rc<RefCell<Box<dyn ClientFactory>>>,
     pub(crate) config: ClientTlsConfig,
     pub(crate) server_name: String,
     pub(crate) current: Option<OutcomeSlot>,
+    pub(crate) attempt: Rc<ClientAttempt>,
+}
+
+impl ClientFactoryWrapper {
+    fn connector(&self, stream: &Connector) -> Connector {
+        TlsConnector::wrap(stream.clone(), self.attempt.clone())
+    }
 }
 
 impl ClientFactory for ClientFactoryWrapper {
@@ -1149,21 +1257,26 @@ impl ClientFactory for ClientFactoryWrapper {
             &self.config,
             &self.server_name,
         )
-        .with_outcome(slot);
+        .with_outcome(slot, self.attempt.clone());
         Some(Box::new(p))
     }
 
     fn started_connecting(&mut self, connector: &Connector) {
-        self.inner.borrow_mut().started_connecting(connector);
+        let connector = self.connector(connector);
+        self.inner.borrow_mut().started_connecting(&connector);
     }
 
     fn client_connection_failed(&mut self, connector: &Connector, reason: CloseReason) {
+        self.attempt.clear();
+        let connector = self.connector(connector);
         self.inner
             .borrow_mut()
-            .client_connection_failed(connector, reason);
+            .client_connection_failed(&connector, reason);
     }
 
     fn client_connection_lost(&mut self, connector: &Connector, reason: CloseReason) {
+        self.attempt.clear();
+        let connector = self.connector(connector);
         let outcome = self.current.take().and_then(|s| s.borrow_mut().take());
         let (made, reason) = match outcome {
             // As on TCP: connected, but the factory built no protocol.
@@ -1173,9 +1286,9 @@ impl ClientFactory for ClientFactoryWrapper {
         };
         let mut inner = self.inner.borrow_mut();
         if made {
-            inner.client_connection_lost(connector, reason);
+            inner.client_connection_lost(&connector, reason);
         } else {
-            inner.client_connection_failed(connector, reason);
+            inner.client_connection_failed(&connector, reason);
         }
     }
 }

@@ -63,7 +63,13 @@
 //!   handshake failure reaches `ClientFactory::client_connection_failed` with the TLS
 //!   reason, never a protocol. A client factory that then builds no protocol (refuses) gets
 //!   `client_connection_failed` with [`CloseReason::NoProtocol`](torsion_reactor::CloseReason::NoProtocol),
-//!   as on TCP; the connection is closed. On a server, the
+//!   as on TCP; the connection is closed. The [`Connector`] (the one returned and the one
+//!   the factory's hooks receive) counts the handshake as part of the attempt:
+//!   `stop_connecting` (or `disconnect`) during it resets the connection at once and the
+//!   factory hears `client_connection_failed` with
+//!   [`CloseReason::Aborted`](torsion_reactor::CloseReason::Aborted) on the next turn, as when
+//!   stopped while TCP connects; after it, `stop_connecting` does nothing and `disconnect`
+//!   closes gracefully (as `lose_connection`, below). On a server, the
 //!   factory is asked at accept time (so it can refuse cheaply); if the handshake then
 //!   fails, that protocol receives `connection_lost` with the reason but never
 //!   `connection_made`.
@@ -212,6 +218,12 @@ pub trait TlsReactorExt {
     /// Connects over TCP to `host:port` and speaks TLS, verifying the server against `host`.
     /// The protocol is built once the handshake completed; a handshake failure reaches
     /// `client_connection_failed`.
+    ///
+    /// The attempt lasts until the handshake completed: [`Connector::stop_connecting`] (or
+    /// `disconnect`) during the handshake resets the connection at once, and the factory
+    /// hears `client_connection_failed` with `Aborted`, never `client_connection_lost`. After
+    /// it, `stop_connecting` does nothing and `disconnect` closes the TLS connection
+    /// gracefully, as the protocol's `lose_connection` does.
     fn connect_tls(
         &self,
         host: &str,
@@ -251,7 +263,8 @@ pub trait TlsReactorExt {
     ) -> Result<ListeningPort>;
 
     /// Connects to a Unix socket path and speaks TLS, verifying the server against
-    /// `server_name` (the name in its certificate).
+    /// `server_name` (the name in its certificate). The connector behaves as
+    /// [`connect_tls`](Self::connect_tls)'s.
     fn connect_tls_unix(
         &self,
         path: impl AsRef<Path>,
@@ -268,17 +281,23 @@ fn server_factory(config: &ServerTlsConfig, factory: SharedFactory) -> SharedFac
     })
 }
 
-fn client_factory(
+/// Starts a TLS client attempt: `connect` starts the stream connector with the wrapped
+/// factory, and the user gets the TLS connector around it (which can stop the handshake).
+fn connect_client(
     config: &ClientTlsConfig,
     server_name: &str,
     factory: impl ClientFactory,
-) -> layer::ClientFactoryWrapper {
-    layer::ClientFactoryWrapper {
+    connect: impl FnOnce(layer::ClientFactoryWrapper) -> Connector,
+) -> Connector {
+    let attempt = Rc::new(layer::ClientAttempt::default());
+    let stream = connect(layer::ClientFactoryWrapper {
         inner: Rc::new(RefCell::new(Box::new(factory))),
         config: config.clone(),
         server_name: server_name.to_owned(),
         current: None,
-    }
+        attempt: attempt.clone(),
+    });
+    layer::TlsConnector::wrap(stream, attempt)
 }
 
 impl TlsReactorExt for Reactor {
@@ -308,7 +327,7 @@ impl TlsReactorExt for Reactor {
         config: &ClientTlsConfig,
         factory: impl ClientFactory,
     ) -> Connector {
-        self.connect_tcp(host, port, client_factory(config, host, factory))
+        connect_client(config, host, factory, |f| self.connect_tcp(host, port, f))
     }
 
     fn connect_tls_with(
@@ -319,7 +338,9 @@ impl TlsReactorExt for Reactor {
         factory: impl ClientFactory,
         options: ConnectOptions,
     ) -> Connector {
-        self.connect_tcp_with(host, port, client_factory(config, host, factory), options)
+        connect_client(config, host, factory, |f| {
+            self.connect_tcp_with(host, port, f, options)
+        })
     }
 
     fn listen_tls_unix(
@@ -348,7 +369,7 @@ impl TlsReactorExt for Reactor {
         config: &ClientTlsConfig,
         factory: impl ClientFactory,
     ) -> Connector {
-        self.connect_unix(path, client_factory(config, server_name, factory))
+        connect_client(config, server_name, factory, |f| self.connect_unix(path, f))
     }
 }
 
