@@ -571,6 +571,40 @@ fn throttle_pauses_a_push_producer_that_overspends_in_its_own_call() {
     assert!(total >= 18_000, "{total} bytes in 20 s at 1000 B/s");
 }
 
+/// A push producer that panics when the throttle resumes it (from the throttle's timer, not
+/// from a connection callback) costs its connection, as a panic in a producer called by the
+/// transport does: aborted, `Panic` reported. (The panic was caught by the reactor's timer
+/// loop, the throttle never lifted its pause on reading, and the connection hung open.)
+#[test]
+fn throttle_producer_panic_on_resume_aborts_the_connection() {
+    struct Bomb;
+    impl Producer for Bomb {
+        fn pause_producing(&mut self) {}
+        fn resume_producing(&mut self) {
+            panic!("producer boom");
+        }
+    }
+    struct P;
+    impl Protocol for P {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.register_producer(Box::new(Bomb), true);
+            t.write(&[b'z'; 3000]); // in debt: the producer is paused, reading too
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let mr = MemoryReactor::new();
+    let (w, lost) = watch(P);
+    let st = StringTransport::connect(&mr, Throttled::new(w, Bandwidth::write(1000)));
+    assert_eq!(st.take().len(), 3000);
+    mr.advance(secs(3.0)); // out of debt: the producer is resumed, and panics
+    assert!(st.reset_received(), "aborted");
+    assert!(
+        matches!(&*lost.borrow(), Some(CloseReason::Panic(m)) if m == "producer boom"),
+        "{:?}",
+        lost.borrow()
+    );
+}
+
 /// Connections of one factory share its total read budget.
 #[test]
 fn throttling_factory_shares_the_pool() {

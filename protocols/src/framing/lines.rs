@@ -11,7 +11,7 @@ use std::fmt;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use torsion_reactor::{CloseReason, Protocol, Transport};
+use torsion_reactor::{catch_unwind_message, CloseReason, Protocol, Transport};
 
 use super::buffer::{Framer, Parser, Step, Want};
 use super::receiver::{Core, Drain, ReceiverHandle};
@@ -530,8 +530,8 @@ impl<H: LineHandler> LineInner<H> {
 impl<H: LineHandler> Drain for RefCell<LineInner<H>> {
     fn drain(&self, transport: &dyn Transport) {
         if let Ok(mut inner) = self.try_borrow_mut() {
-            inner.process(transport, &[]);
-            inner.core.shared.resume_reading_if_running(transport);
+            let delivered = catch_unwind_message(|| inner.process(transport, &[]));
+            inner.core.drained(transport, delivered);
         }
     }
 }

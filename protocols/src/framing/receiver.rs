@@ -155,6 +155,8 @@ impl fmt::Debug for ReceiverHandle {
 pub(crate) struct Core {
     pub(crate) shared: Rc<Shared>,
     error: Option<String>,
+    /// A handler panicked while delivering held frames (outside any connection callback).
+    panic: Option<String>,
     pub(crate) first_frame_timeout: Option<Duration>,
     deadline: Option<Deadline>,
     first_seen: bool,
@@ -170,6 +172,7 @@ impl Core {
                 drain: RefCell::new(None),
             }),
             error: None,
+            panic: None,
             first_frame_timeout: None,
             deadline: None,
             first_seen: false,
@@ -217,6 +220,25 @@ impl Core {
         t.lose_connection();
     }
 
+    /// After held frames were delivered on a resume (`deliver` is the receiver's delivery
+    /// loop on no new bytes, run through
+    /// [`catch_unwind_message`](torsion_reactor::catch_unwind_message)): reads again.
+    ///
+    /// That delivery runs from the reactor's queue, not from a connection callback, so a
+    /// handler panic would only be logged there and leave the connection open with reading
+    /// paused for good: it aborts the connection instead, as a panic in any connection
+    /// callback does, with [`CloseReason::Panic`] reported to the handler.
+    pub(crate) fn drained(&mut self, t: &dyn Transport, deliver: Result<(), String>) {
+        match deliver {
+            Ok(()) => self.shared.resume_reading_if_running(t),
+            Err(msg) => {
+                tracing::error!(peer = %t.peer_address(), panic = %msg, "frame handler panicked; aborting this connection");
+                self.panic.get_or_insert(msg);
+                t.abort_connection();
+            }
+        }
+    }
+
     /// Keeps `input` for later while paused; closes if the transport ignores the pause.
     pub(crate) fn buffer_while_paused(
         &mut self,
@@ -249,7 +271,9 @@ impl Core {
         if let Some(d) = self.deadline.take() {
             d.cancel();
         }
-        if let Some(msg) = self.error.take() {
+        if let Some(msg) = self.panic.take() {
+            CloseReason::Panic(msg)
+        } else if let Some(msg) = self.error.take() {
             CloseReason::ProtocolError(msg)
         } else if timed_out {
             CloseReason::TimedOut

@@ -6,7 +6,7 @@ use std::fmt;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use torsion_reactor::{CloseReason, Protocol, Transport};
+use torsion_reactor::{catch_unwind_message, CloseReason, Protocol, Transport};
 
 use super::length_prefixed::{PrefixDecoder, PrefixWidth, DEFAULT_MAX_STRING_LENGTH};
 use super::netstring::{NetstringDecoder, DEFAULT_MAX_NETSTRING_LENGTH};
@@ -242,8 +242,8 @@ fn run<D: Decoder, H: StringHandler>(
 impl<H: StringHandler> Drain for RefCell<StringInner<H>> {
     fn drain(&self, transport: &dyn Transport) {
         if let Ok(mut inner) = self.try_borrow_mut() {
-            inner.process(transport, &[]);
-            inner.core.shared.resume_reading_if_running(transport);
+            let delivered = catch_unwind_message(|| inner.process(transport, &[]));
+            inner.core.drained(transport, delivered);
         }
     }
 }

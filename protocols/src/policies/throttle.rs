@@ -8,8 +8,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use torsion_reactor::{
-    Address, CloseReason, DelayedCall, Factory, Producer, Protocol, SharedFactory, Transport,
-    TransportHandle,
+    catch_unwind_message, Address, CloseReason, DelayedCall, Factory, Producer, Protocol,
+    SharedFactory, Transport, TransportHandle,
 };
 
 use super::wrap::{build, forward_protocol_rest, pick, Hooked, Hooks};
@@ -339,6 +339,8 @@ struct ThrottleState {
     reading_paused: Cell<bool>,
     timers: RefCell<[Option<DelayedCall>; 2]>,
     producer: Rc<ProducerSlot>,
+    /// The producer panicked when a timer lifted the throttle (the connection was aborted).
+    panic: RefCell<Option<String>>,
 }
 
 impl ThrottleState {
@@ -418,10 +420,20 @@ impl ThrottleState {
         let call = reactor.call_later(wait, move |r| {
             let Some(state) = weak.upgrade() else { return };
             let wait = state.wait(dir, r.now());
-            if wait.is_zero() {
-                state.throttle(dir, false);
-            } else {
+            if !wait.is_zero() {
                 state.arm(r, dir, wait);
+                return;
+            }
+            // Lifting the throttle resumes the producer: user code, run from this timer and not
+            // from a connection callback, so its panic is contained here as the transport
+            // contains a producer's (else the reactor logs it and reading stays paused).
+            if let Err(msg) = catch_unwind_message(|| state.throttle(dir, false)) {
+                let t = state.producer.transport();
+                tracing::error!(panic = %msg, "producer panicked; aborting this connection");
+                state.panic.borrow_mut().get_or_insert(msg);
+                if let Some(t) = t {
+                    t.abort_connection();
+                }
             }
         });
         self.timers.borrow_mut()[dir as usize] = Some(call);
@@ -543,6 +555,7 @@ impl<P: Protocol> Throttled<P> {
                 reading_paused: Cell::new(false),
                 timers: RefCell::new([None, None]),
                 producer: Rc::new(ProducerSlot::default()),
+                panic: RefCell::new(None),
             }),
             hooked: None,
         }
@@ -572,6 +585,10 @@ impl<P: Protocol> Protocol for Throttled<P> {
     fn connection_lost(&mut self, reason: CloseReason) {
         self.state.stop();
         self.hooked = None;
+        let reason = match self.state.panic.borrow_mut().take() {
+            Some(msg) => CloseReason::Panic(msg),
+            None => reason,
+        };
         self.inner.connection_lost(reason);
     }
 
