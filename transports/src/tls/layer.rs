@@ -17,8 +17,9 @@ use std::time::Duration;
 use rustls::Connection;
 use rustls_pki_types::{CertificateDer, ServerName};
 use torsion_reactor::{
-    Address, ClientFactory, CloseReason, Connector, ConnectorOps, DelayedCall, Factory, Keepalive,
-    PeerCredentials, Producer, Protocol, Reactor, SharedFactory, Transport, TransportHandle,
+    catch_unwind_message, Address, ClientFactory, CloseReason, Connector, ConnectorOps,
+    DelayedCall, Factory, Keepalive, PeerCredentials, Producer, Protocol, Reactor, SharedFactory,
+    Transport, TransportHandle,
 };
 
 use super::config::{ClientTlsConfig, ServerTlsConfig, TlsLimits};
@@ -138,6 +139,10 @@ struct St {
     close_timed_out: bool,
     /// The close timer last found our data still in the stream's buffer.
     close_draining: bool,
+    /// The protocol panicked while the layer delivered held plaintext on its own turn (not
+    /// inside a stream callback, where the stream catches it): the message, reported as
+    /// `CloseReason::Panic` once the abort it caused ends the connection.
+    panicked: Option<String>,
 }
 
 /// The TLS transport: what the inner protocol writes through, shared with its handles.
@@ -364,7 +369,18 @@ impl Shared {
                 s.schedule_delivery(); // the protocol is running (a nested reactor run)
                 return;
             }
-            deliver_held(&s, &inner);
+            // This runs on the reactor's turn, outside the stream's callbacks: a panic in the
+            // protocol is caught here and aborts this connection, as in any other callback.
+            if let Err(msg) = catch_unwind_message(|| deliver_held(&s, &inner)) {
+                tracing::error!(peer = %s.raw.peer_address(), panic = %msg, "protocol callback panicked; aborting this connection");
+                s.in_callback.set(false);
+                let mut st = s.st.borrow_mut();
+                if !st.closed && st.panicked.is_none() {
+                    st.panicked = Some(msg);
+                }
+                drop(st);
+                s.abort_connection();
+            }
         });
     }
 
@@ -891,6 +907,7 @@ impl Protocol for TlsProtocol {
                 close_timer: None,
                 close_timed_out: false,
                 close_draining: false,
+                panicked: None,
             }),
             client_name: self.client_name.take(),
             close_timeout: self.limits.close_timeout,
@@ -1029,6 +1046,7 @@ impl Protocol for TlsProtocol {
                     timer.cancel();
                 }
                 ended = Ended {
+                    panicked: st.panicked.take(),
                     failure: st.failure.take(),
                     handshake_done: st.handshake_done,
                     closing: st.closing,
@@ -1038,6 +1056,8 @@ impl Protocol for TlsProtocol {
             None => ended.failure = self.early_failure.take(),
         }
         let reason = match ended.failure {
+            // The protocol panicked on the layer's own turn; the abort that followed is ours.
+            _ if ended.panicked.is_some() => CloseReason::Panic(ended.panicked.unwrap_or_default()),
             Some(err) => err.into_close_reason(),
             None if !ended.handshake_done && reason.is_clean() => {
                 TlsError::HandshakeEof.into_close_reason()
@@ -1125,6 +1145,7 @@ impl Protocol for TlsProtocol {
 /// What the TLS state says about how a connection ended.
 #[derive(Default)]
 struct Ended {
+    panicked: Option<String>,
     failure: Option<TlsError>,
     handshake_done: bool,
     closing: bool,
