@@ -286,6 +286,31 @@ fn factory_hooks_pass_through_wrappers() {
 
 // --- Throttling ---
 
+/// A cap of 0 is documented as the tightest cap, 1 byte per second: neither a stall nor no
+/// cap at all.
+#[test]
+fn throttle_cap_of_zero_is_one_byte_per_second() {
+    let mut unread = Vec::new();
+    for limits in [Bandwidth::read(0), Bandwidth::read(1)] {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::with_options(
+            &mr,
+            Throttled::new(Discard, limits),
+            MemoryOptions::chunked(1),
+        );
+        st.feed(&[0; 10]);
+        let mut seen = vec![st.unread()];
+        for _ in 0..3 {
+            mr.advance(secs(1.0));
+            seen.push(st.unread());
+        }
+        unread.push(seen);
+    }
+    assert_eq!(unread[0], unread[1]);
+    assert!(unread[0][0] > 0, "capped");
+    assert!(unread[0][3] < unread[0][0], "not stalled");
+}
+
 /// Bytes read per virtual second stay at the cap.
 #[test]
 fn throttle_reads_per_connection() {

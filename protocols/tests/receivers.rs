@@ -821,3 +821,268 @@ fn a_panic_in_a_frame_delivered_on_resume_aborts_the_connection() {
         );
     }
 }
+
+// --- set_line_mode from line mode, discards, deadlines while paused ---
+
+/// Injects on `INJECT`, pauses on `PAUSE`, goes raw for one chunk on `RAW`.
+struct Injector(Log);
+
+impl LineHandler for Injector {
+    fn line_received(&mut self, ctx: &mut LineContext<'_>, line: &[u8]) {
+        self.0.borrow_mut().push(text(line));
+        match line {
+            b"INJECT" => ctx.set_line_mode(b"x\r\ny\r\npar"),
+            b"INJECT+PAUSE" => {
+                ctx.set_line_mode(b"x\r\n");
+                ctx.pause();
+            }
+            b"INJECT+RAW" => {
+                ctx.set_line_mode(b"x\r\n");
+                ctx.set_raw_mode();
+            }
+            b"PAUSE" => ctx.pause(),
+            _ => {}
+        }
+    }
+
+    fn raw_data_received(&mut self, ctx: &mut LineContext<'_>, data: &[u8]) {
+        self.0.borrow_mut().push(format!("raw {}", text(data)));
+        ctx.set_line_mode(b"");
+    }
+}
+
+/// `set_line_mode(extra)` from `line_received` (already in line mode): `extra` is parsed
+/// right after the current line, before the lines that followed it, in any chunking.
+#[test]
+fn set_line_mode_from_line_received_injects_extra() {
+    for chunk in [1, 2, 3, 5, 1024] {
+        let mr = MemoryReactor::new();
+        let log = Log::default();
+        let st = StringTransport::with_options(
+            &mr,
+            LineReceiver::new(Injector(log.clone())),
+            MemoryOptions::chunked(chunk),
+        );
+        st.feed(b"a\r\nINJECT\r\ntial\r\nb\r\n");
+        assert_eq!(
+            lines_in(&log),
+            ["a", "INJECT", "x", "y", "partial", "b"],
+            "chunk {chunk}"
+        );
+    }
+}
+
+/// The same with a pause in the same callback, and from lines held by an earlier pause.
+#[test]
+fn set_line_mode_from_line_received_with_pause() {
+    for chunk in [1, 2, 3, 1024] {
+        let mr = MemoryReactor::new();
+        let log = Log::default();
+        let receiver = LineReceiver::new(Injector(log.clone()));
+        let handle = receiver.handle();
+        let st = StringTransport::with_options(&mr, receiver, MemoryOptions::chunked(chunk));
+        st.feed(b"PAUSE\r\nINJECT\r\ntial\r\nINJECT+PAUSE\r\nb\r\n");
+        for _ in 0..4 {
+            handle.resume();
+            mr.run_until_idle();
+        }
+        assert_eq!(
+            lines_in(&log),
+            [
+                "PAUSE",
+                "INJECT",
+                "x",
+                "y",
+                "partial",
+                "INJECT+PAUSE",
+                "x",
+                "b"
+            ],
+            "chunk {chunk}"
+        );
+    }
+}
+
+/// `extra` then raw mode in the same callback: raw mode gets `extra` first.
+#[test]
+fn set_line_mode_from_line_received_then_raw() {
+    for chunk in [1, 1024] {
+        let mr = MemoryReactor::new();
+        let log = Log::default();
+        let st = StringTransport::with_options(
+            &mr,
+            LineReceiver::new(Injector(log.clone())),
+            MemoryOptions::chunked(chunk),
+        );
+        st.feed(b"INJECT+RAW\r\n");
+        st.feed(b"b\r\n");
+        assert_eq!(
+            lines_in(&log),
+            ["INJECT+RAW", "raw x\r\n", "b"],
+            "chunk {chunk}"
+        );
+    }
+}
+
+/// From `connection_made`, `extra` is parsed at once.
+#[test]
+fn set_line_mode_from_connection_made() {
+    struct Greeted(Log);
+    impl LineHandler for Greeted {
+        fn connection_made(&mut self, ctx: &mut LineContext<'_>) {
+            ctx.set_line_mode(b"first\r\nsec");
+        }
+        fn line_received(&mut self, _: &mut LineContext<'_>, line: &[u8]) {
+            self.0.borrow_mut().push(text(line));
+        }
+    }
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let st = StringTransport::connect(&mr, LineReceiver::new(Greeted(log.clone())));
+    assert_eq!(lines_in(&log), ["first"]);
+    st.feed(b"ond\r\n");
+    assert_eq!(lines_in(&log), ["first", "second"]);
+}
+
+/// What an override of `line_length_exceeded` that keeps the connection loses: the rest of
+/// the read (as Twisted's discarded buffer), so it depends on the chunking.
+#[test]
+fn line_length_exceeded_discards_the_rest_of_the_read() {
+    struct Lenient(Log);
+    impl LineHandler for Lenient {
+        fn line_received(&mut self, _: &mut LineContext<'_>, line: &[u8]) {
+            self.0.borrow_mut().push(text(line));
+        }
+        fn line_length_exceeded(&mut self, _: &mut LineContext<'_>) {
+            self.0.borrow_mut().push("too long".into());
+        }
+    }
+    for (chunk, expected) in [
+        (1024, &["too long", "next"][..]),
+        (1, &["too long", "g", "fine", "next"][..]),
+    ] {
+        let mr = MemoryReactor::new();
+        let log = Log::default();
+        let st = StringTransport::with_options(
+            &mr,
+            LineReceiver::new(Lenient(log.clone())).max_length(4),
+            MemoryOptions::chunked(chunk),
+        );
+        st.feed(b"toolong\r\nfine\r\n");
+        st.feed(b"next\r\n");
+        assert_eq!(lines_in(&log), expected, "chunk {chunk}");
+    }
+}
+
+/// Shares a receiver with the test, which can then feed it as a transport that does not
+/// honour `pause_reading` would.
+struct SharedProtocol<P>(Rc<RefCell<P>>);
+
+impl<P: Protocol> Protocol for SharedProtocol<P> {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        self.0.borrow_mut().connection_made(t);
+    }
+    fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+        self.0.borrow_mut().data_received(t, data);
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.0.borrow_mut().connection_lost(reason);
+    }
+    fn pause_producing(&mut self, t: &mut dyn Transport) {
+        self.0.borrow_mut().pause_producing(t);
+    }
+    fn resume_producing(&mut self, t: &mut dyn Transport) {
+        self.0.borrow_mut().resume_producing(t);
+    }
+}
+
+/// Bytes handed to the receiver while paused, as a transport that ignores the pause would.
+fn feed_while_paused<P: Protocol>(st: &StringTransport, p: &Rc<RefCell<P>>, data: &[u8]) {
+    let handle = st.transport().clone();
+    let mut t: &dyn Transport = &*handle;
+    p.borrow_mut().data_received(&mut t, data);
+}
+
+/// A whole first frame that arrives in time while the receiver is paused counts: the
+/// deadline does not fire, and the frame is delivered on resume.
+#[test]
+fn first_frame_timeout_counts_a_frame_held_while_paused() {
+    // Lines.
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let receiver =
+        LineReceiver::new(Injector(log.clone())).first_frame_timeout(Duration::from_secs(5));
+    let handle = receiver.handle();
+    let shared = Rc::new(RefCell::new(receiver));
+    let st = StringTransport::connect(&mr, SharedProtocol(shared.clone()));
+    handle.pause();
+    feed_while_paused(&st, &shared, b"par");
+    feed_while_paused(&st, &shared, b"tial\r\n");
+    mr.advance(Duration::from_secs(10));
+    assert!(st.lost().is_none(), "the line arrived in time");
+    handle.resume();
+    mr.run_until_idle();
+    assert_eq!(lines_in(&log), ["partial"]);
+
+    // Only part of a line while paused: the deadline fires.
+    let log = Log::default();
+    let receiver =
+        LineReceiver::new(Injector(log.clone())).first_frame_timeout(Duration::from_secs(5));
+    let handle = receiver.handle();
+    let shared = Rc::new(RefCell::new(receiver));
+    let st = StringTransport::connect(&mr, SharedProtocol(shared.clone()));
+    handle.pause();
+    feed_while_paused(&st, &shared, b"part");
+    mr.advance(Duration::from_secs(5));
+    assert!(st.reset_received());
+
+    // Raw mode: raw bytes count.
+    let log = Log::default();
+    let receiver = LineReceiver::new(Injector(log.clone()))
+        .raw_mode()
+        .first_frame_timeout(Duration::from_secs(5));
+    let handle = receiver.handle();
+    let shared = Rc::new(RefCell::new(receiver));
+    let st = StringTransport::connect(&mr, SharedProtocol(shared.clone()));
+    handle.pause();
+    feed_while_paused(&st, &shared, b"\x00");
+    mr.advance(Duration::from_secs(10));
+    assert!(st.lost().is_none(), "raw bytes arrived in time");
+
+    // Strings.
+    let receiver =
+        StringReceiver::netstring(Strings::default()).first_frame_timeout(Duration::from_secs(5));
+    let handle = receiver.handle();
+    let shared = Rc::new(RefCell::new(receiver));
+    let st = StringTransport::connect(&mr, SharedProtocol(shared.clone()));
+    handle.pause();
+    feed_while_paused(&st, &shared, b"2:h");
+    feed_while_paused(&st, &shared, b"i,");
+    mr.advance(Duration::from_secs(10));
+    assert!(st.lost().is_none(), "the string arrived in time");
+    handle.resume();
+    mr.run_until_idle();
+    assert_eq!(st.take(), b"2:hi,");
+}
+
+/// From an override of `line_length_exceeded` that keeps the connection, `extra` is parsed at
+/// once; the rest of the read is still discarded.
+#[test]
+fn set_line_mode_from_line_length_exceeded() {
+    struct Resync(Log);
+    impl LineHandler for Resync {
+        fn line_received(&mut self, _: &mut LineContext<'_>, line: &[u8]) {
+            self.0.borrow_mut().push(text(line));
+        }
+        fn line_length_exceeded(&mut self, ctx: &mut LineContext<'_>) {
+            ctx.set_line_mode(b"ERR\r\n");
+        }
+    }
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let st = StringTransport::connect(&mr, LineReceiver::new(Resync(log.clone())).max_length(4));
+    st.feed(b"toolong\r\nlost\r\n");
+    assert_eq!(lines_in(&log), ["ERR"]);
+    st.feed(b"next\r\n");
+    assert_eq!(lines_in(&log), ["ERR", "next"]);
+}

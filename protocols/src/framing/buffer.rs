@@ -115,6 +115,13 @@ impl<P: Parser> Framer<P> {
         std::mem::take(&mut self.buf)
     }
 
+    /// `true` if the buffer starts with a whole frame (not an error). Keeps the parser's
+    /// memo valid: it parses the buffer as `decode` would next.
+    pub(crate) fn holds_frame(&mut self) -> bool {
+        let buf = &self.buf[self.start..];
+        !buf.is_empty() && matches!(self.parser.parse(buf), Ok(Step::Frame { .. }))
+    }
+
     fn compact(&mut self) {
         if self.start > 0 {
             self.buf.drain(..self.start);

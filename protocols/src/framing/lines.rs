@@ -289,10 +289,19 @@ pub trait LineHandler: 'static {
         let _ = (ctx, data);
     }
 
-    /// A line longer than [`LineContext::max_length`] arrived. The bytes read so far are
-    /// dropped. The default closes the connection with
-    /// [`CloseReason::ProtocolError`] (see [`LineContext::close_with_error`]); an override
-    /// that does not close goes on with the next bytes as a new line, as in Twisted.
+    /// A line longer than [`LineContext::max_length`] arrived. The default closes the
+    /// connection with [`CloseReason::ProtocolError`] (see
+    /// [`LineContext::close_with_error`]).
+    ///
+    /// Before this is called, the receiver discards, as Twisted discards its buffer, the
+    /// too-long line as far as it was read **and everything after it in the same read**,
+    /// whole lines included: `toolong\r\nfine\r\n` in one read (maximum 4) delivers no
+    /// `fine`. An override that does not close goes on with the next read, parsed as the
+    /// start of a new line, as in Twisted. What is lost therefore depends on how the stream
+    /// was split into reads; and when the error is noticed before the delimiter (maximum plus
+    /// delimiter length bytes without one), the rest of the too-long line, read later, comes
+    /// out as a line of its own (`toolong\r\nfine\r\n` one byte per read delivers `g`, then
+    /// `fine`). Keep a connection open only if the protocol can resynchronise on that.
     fn line_length_exceeded(&mut self, ctx: &mut LineContext<'_>) {
         let max = ctx.max_length();
         ctx.close_with_error(format!("line longer than {max} bytes"));
@@ -359,9 +368,21 @@ impl<'a> LineContext<'a> {
         self.ctl.raw = true;
     }
 
-    /// Switches back to line mode. Called from `raw_data_received`, `extra` is the part of the
-    /// raw data not consumed (usually `&data[n..]`), parsed for lines before anything else;
-    /// anything else the callback was given is considered consumed.
+    /// Switches back to line mode (if not in it already) and puts `extra` in front of the
+    /// rest of the stream: it is parsed for lines before anything not yet delivered.
+    ///
+    /// - Called from `raw_data_received`, `extra` is the part of the raw data not consumed
+    ///   (usually `&data[n..]`); anything else the callback was given is considered consumed.
+    /// - Called from `line_received`, `extra` is parsed right after the current line, before
+    ///   the lines that followed it on the wire, whatever the chunking (Twisted appends it
+    ///   after the rest of its buffer instead, so there it comes after the rest of the
+    ///   current read, which depends on how the stream was split into reads). Pausing or
+    ///   switching to raw mode in the same callback applies to `extra` as to the stream.
+    /// - Called from `connection_made`, `extra` is parsed at once; from
+    ///   `line_length_exceeded` (if the connection stays open), `extra` is parsed at once and
+    ///   the rest of the read is still discarded.
+    ///
+    /// A second call in the same callback replaces the first one's `extra`.
     pub fn set_line_mode(&mut self, extra: &[u8]) {
         self.ctl.raw = false;
         if extra.is_empty() {
@@ -453,7 +474,7 @@ impl<H: LineHandler> LineInner<H> {
 
     /// Hands `data` to the raw handler; returns what `set_line_mode` asked for.
     fn deliver_raw(&mut self, t: &dyn Transport, data: &[u8]) -> Extra {
-        self.core.frame_delivered();
+        self.core.frame_arrived();
         let range = data.as_ptr_range();
         self.ctl.raw_range = (range.start as usize, range.end as usize);
         self.ctl.extra = Extra::None;
@@ -463,6 +484,22 @@ impl<H: LineHandler> LineInner<H> {
         std::mem::take(&mut self.ctl.extra)
     }
 
+    /// Puts bytes that `set_line_mode` was given outside raw delivery in front of the rest of
+    /// the stream (before whatever the decoder still holds). `true` if there were any.
+    fn resume_extra(&mut self) -> bool {
+        match std::mem::take(&mut self.ctl.extra) {
+            Extra::None => false,
+            // (A `Range` only comes from raw delivery, which consumes it itself.)
+            Extra::Owned(extra) => {
+                let rest = self.decoder.take_buffered();
+                self.decoder.push_back(&extra);
+                self.decoder.push_back(&rest);
+                true
+            }
+            Extra::Range(..) => false,
+        }
+    }
+
     fn process(&mut self, t: &dyn Transport, data: &[u8]) {
         let mut input = data;
         loop {
@@ -470,6 +507,9 @@ impl<H: LineHandler> LineInner<H> {
                 return;
             }
             if self.core.shared.is_paused() {
+                if self.ctl.raw && !input.is_empty() {
+                    self.core.frame_arrived(); // raw bytes count as a frame
+                }
                 let max = self.decoder.max_length();
                 self.core
                     .buffer_while_paused(t, &mut self.decoder, input, max);
@@ -505,10 +545,14 @@ impl<H: LineHandler> LineInner<H> {
                 core,
             } = self;
             let result = decoder.decode(input, |line| {
-                core.frame_delivered();
+                core.frame_arrived();
                 let mut ctx = Self::ctx(t, core, ctl);
                 handler.line_received(&mut ctx, line);
-                if ctl.raw || core.shared.is_paused() || t.is_closing() {
+                if ctl.raw
+                    || !matches!(ctl.extra, Extra::None)
+                    || core.shared.is_paused()
+                    || t.is_closing()
+                {
                     Flow::Stop
                 } else {
                     Flow::Continue
@@ -516,11 +560,18 @@ impl<H: LineHandler> LineInner<H> {
             });
             match result {
                 Ok(Progress::Consumed) => return,
-                Ok(Progress::Stopped { at }) => input = &input[at..],
+                Ok(Progress::Stopped { at }) => {
+                    input = &input[at..];
+                    self.resume_extra();
+                }
                 Err(_) => {
                     let mut ctx = Self::ctx(t, &mut self.core, &mut self.ctl);
                     self.handler.line_length_exceeded(&mut ctx);
-                    return;
+                    // The rest of the read is discarded (see `line_length_exceeded`).
+                    if !self.resume_extra() {
+                        return;
+                    }
+                    input = &[];
                 }
             }
         }
@@ -636,7 +687,12 @@ impl<H: LineHandler> LineReceiver<H> {
 
     /// Closes the connection (with [`CloseReason::TimedOut`] reported to the handler) unless
     /// a first whole line arrives within `timeout` of the connection starting: a defence
-    /// against peers that open connections and trickle bytes (slowloris).
+    /// against peers that open connections and trickle bytes (slowloris). In raw mode, any
+    /// raw bytes count as a line.
+    ///
+    /// A line that arrives while the receiver is paused counts when it arrives, though it is
+    /// delivered only on resume. The clock keeps running while the receiver is paused, and a
+    /// paused receiver reads nothing, so a pause before the first line can let it expire.
     pub fn first_frame_timeout(self, timeout: Duration) -> Self {
         self.inner.borrow_mut().core.first_frame_timeout = Some(timeout);
         self
@@ -662,6 +718,9 @@ impl<H: LineHandler> Protocol for LineReceiver<H> {
         inner.core.connection_made(t);
         let mut ctx = LineInner::<H>::ctx(t, &mut inner.core, &mut inner.ctl);
         inner.handler.connection_made(&mut ctx);
+        if inner.resume_extra() {
+            inner.process(t, &[]);
+        }
     }
 
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {

@@ -195,6 +195,12 @@ macro_rules! forward_decoder {
                 $crate::framing::buffer::Parser::max_length(&self.framer.parser)
             }
         }
+
+        impl $crate::framing::receiver::HoldsFrame for $ty {
+            fn holds_frame(&mut self) -> bool {
+                self.framer.holds_frame()
+            }
+        }
     };
 }
 pub(crate) use forward_decoder;

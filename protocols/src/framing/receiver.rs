@@ -15,6 +15,12 @@ use crate::policies::Deadline;
 /// `pause_reading` (one reactor read).
 const PAUSED_SLACK: usize = torsion_reactor::READ_BUFFER_SIZE;
 
+/// Whether a decoder's buffer starts with a whole frame (not one it would report as an
+/// error).
+pub(crate) trait HoldsFrame {
+    fn holds_frame(&mut self) -> bool;
+}
+
 /// Runs a receiver's delivery loop on buffered bytes (after a resume).
 pub(crate) trait Drain {
     fn drain(&self, transport: &dyn Transport);
@@ -195,9 +201,10 @@ impl Core {
         }
     }
 
-    /// Called before each frame (or raw chunk) is delivered.
+    /// Called before each frame (or raw chunk) is delivered, and when one arrives while
+    /// paused (it has arrived, even if it is delivered only on resume).
     #[inline]
-    pub(crate) fn frame_delivered(&mut self) {
+    pub(crate) fn frame_arrived(&mut self) {
         if !self.first_seen {
             self.first_seen = true;
             if let Some(d) = &self.deadline {
@@ -243,7 +250,7 @@ impl Core {
     pub(crate) fn buffer_while_paused(
         &mut self,
         t: &dyn Transport,
-        decoder: &mut impl Decoder,
+        decoder: &mut (impl Decoder + HoldsFrame),
         input: &[u8],
         limit: usize,
     ) {
@@ -262,6 +269,11 @@ impl Core {
             return;
         }
         decoder.push_back(input);
+        // A whole first frame that arrives while paused arrived in time, though it is
+        // delivered only on resume.
+        if !self.first_seen && self.deadline.is_some() && decoder.holds_frame() {
+            self.frame_arrived();
+        }
     }
 
     /// The reason to report to the handler.

@@ -10,7 +10,7 @@ use torsion_reactor::{catch_unwind_message, CloseReason, Protocol, Transport};
 
 use super::length_prefixed::{PrefixDecoder, PrefixWidth, DEFAULT_MAX_STRING_LENGTH};
 use super::netstring::{NetstringDecoder, DEFAULT_MAX_NETSTRING_LENGTH};
-use super::receiver::{Core, Drain, ReceiverHandle};
+use super::receiver::{Core, Drain, HoldsFrame, ReceiverHandle};
 use super::sender::{self, Encoding, FrameSender};
 use super::{Decoder, EncodeError, Flow, FrameError, Progress};
 
@@ -186,7 +186,7 @@ impl<H: StringHandler> StringInner<H> {
 }
 
 /// The delivery loop, monomorphised per decoder.
-fn run<D: Decoder, H: StringHandler>(
+fn run<D: Decoder + HoldsFrame, H: StringHandler>(
     t: &dyn Transport,
     data: &[u8],
     decoder: &mut D,
@@ -205,7 +205,7 @@ fn run<D: Decoder, H: StringHandler>(
             return;
         }
         let result = decoder.decode(input, |string| {
-            core.frame_delivered();
+            core.frame_arrived();
             let mut ctx = StringContext {
                 transport: t,
                 core: &mut *core,
@@ -353,6 +353,10 @@ impl<H: StringHandler> StringReceiver<H> {
 
     /// Closes the connection (with [`CloseReason::TimedOut`] reported to the handler) unless
     /// a first whole string arrives within `timeout` of the connection starting.
+    ///
+    /// A string that arrives while the receiver is paused counts when it arrives, though it
+    /// is delivered only on resume. The clock keeps running while the receiver is paused, and
+    /// a paused receiver reads nothing, so a pause before the first string can let it expire.
     pub fn first_frame_timeout(self, timeout: Duration) -> Self {
         self.inner.borrow_mut().core.first_frame_timeout = Some(timeout);
         self

@@ -15,6 +15,9 @@ use torsion_reactor::{
 use super::wrap::{build, forward_protocol_rest, pick, Hooked, Hooks};
 
 /// Bandwidth caps, in bytes per second; `None` means uncapped.
+///
+/// A cap is at least 1 byte per second: `Some(0)` caps as `Some(1)` does (it does not stop
+/// the transfer altogether, nor mean "uncapped"; use `None` for that).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bandwidth {
     /// Cap on bytes read from the peer.
@@ -69,12 +72,14 @@ struct BucketState {
 pub struct TokenBucket(Rc<BucketState>);
 
 impl TokenBucket {
-    /// A bucket of `bytes_per_sec` with a burst of one second's worth.
+    /// A bucket of `bytes_per_sec` with a burst of one second's worth. A rate of 0 is taken
+    /// as 1 byte per second.
     pub fn new(bytes_per_sec: u64) -> Self {
         Self::with_burst(bytes_per_sec, bytes_per_sec)
     }
 
-    /// A bucket of `bytes_per_sec` holding at most `burst` bytes (it starts full).
+    /// A bucket of `bytes_per_sec` holding at most `burst` bytes (it starts full). A rate or
+    /// burst of 0 is taken as 1.
     pub fn with_burst(bytes_per_sec: u64, burst: u64) -> Self {
         let burst = burst.max(1) as f64;
         TokenBucket(Rc::new(BucketState {
