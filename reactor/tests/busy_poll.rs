@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use torsion_reactor::{Reactor, DEFAULT_BUSY_POLL};
+use torsion_reactor::{BackendKind, Reactor, ShutdownPhase, DEFAULT_BUSY_POLL};
 
 /// CPU time (user + system, in clock ticks of 10 ms) the calling thread has used so far.
 fn thread_cpu_ticks() -> Option<u64> {
@@ -105,4 +105,65 @@ fn a_call_from_another_thread_ends_the_spin() {
         latency < Duration::from_millis(500),
         "the call waited {latency:?} for the spin to end"
     );
+}
+
+// `stop()` wakes the backend to get the loop back to `run` at once; a stop asked for from a
+// timer while a hold is already held (the turn computed no stop deadline yet) must not wait
+// for the next timer (here the 3 s guard; without one, for ever) because the spin swallowed
+// that wake-up.
+#[test]
+fn a_stop_from_a_timer_while_a_hold_is_held_runs_the_before_phase_at_once() {
+    for kind in [BackendKind::Auto, BackendKind::Polling] {
+        let reactor = Reactor::with_backend(kind).unwrap();
+        reactor.set_busy_poll(Duration::from_millis(50));
+        reactor.set_shutdown_timeout(Duration::from_millis(100));
+        let _hold = reactor.hold_shutdown();
+        let stopped_at = Rc::new(Cell::new(None));
+        let before_at = Rc::new(Cell::new(None));
+        let b = before_at.clone();
+        reactor.add_shutdown_trigger(ShutdownPhase::Before, move |_| b.set(Some(Instant::now())));
+        let s = stopped_at.clone();
+        // Open the window with short waits, then stop.
+        chain(&reactor, 20, Duration::from_micros(100), move |r| {
+            s.set(Some(Instant::now()));
+            r.stop();
+        });
+        let _guard = reactor.call_later(Duration::from_secs(3), |r| r.stop());
+        reactor.run().unwrap();
+        let waited = before_at.get().expect("Before ran") - stopped_at.get().expect("stopped");
+        assert!(
+            waited < Duration::from_millis(500),
+            "{kind:?}: the Before phase ran {waited:?} after stop()"
+        );
+    }
+}
+
+// The same for the second `stop()` that forces a stop past the holds.
+#[test]
+fn a_second_stop_from_a_timer_forces_the_stop_at_once() {
+    for kind in [BackendKind::Auto, BackendKind::Polling] {
+        let reactor = Reactor::with_backend(kind).unwrap();
+        reactor.set_busy_poll(Duration::from_millis(50));
+        reactor.set_shutdown_timeout(Duration::from_secs(3));
+        let forced_at = Rc::new(Cell::new(None));
+        let f = forced_at.clone();
+        let kept = Rc::new(Cell::new(None));
+        let k = kept.clone();
+        reactor.add_shutdown_trigger(ShutdownPhase::Before, move |r| {
+            k.set(Some(r.hold_shutdown()));
+            // Open the window with short waits while draining, then force the stop.
+            chain(r, 20, Duration::from_micros(100), move |r| {
+                f.set(Some(Instant::now()));
+                r.stop();
+            });
+        });
+        let _stop = reactor.call_later(Duration::from_millis(10), |r| r.stop());
+        reactor.run().unwrap();
+        assert!(kept.take().is_some(), "the hold was never released");
+        let waited = forced_at.get().expect("forced").elapsed();
+        assert!(
+            waited < Duration::from_millis(500),
+            "{kind:?}: run returned {waited:?} after the second stop()"
+        );
+    }
 }
