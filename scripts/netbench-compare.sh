@@ -47,6 +47,10 @@ D="$NB peer tokio-st --udp --port {port}"
 run "udp-s64-tokio-st" "$UDP" "$D" tokio-st --scenario udp -s 64
 run "udp-s1200-tokio-st" "$UDP" "$D" tokio-st --scenario udp -s 1200
 ROUNDS=1 run "idle-tcp-c10000-tokio-st" "$TCP" "$P" tokio-st --scenario idle -c 10000
+# The same server with busy polling off (`--busy-poll-us 0`), where it shows most: one client
+# at a time.
+run "pingpong-tcp-c1-tokio-st-nobusypoll" "$TCP --busy-poll-us 0" "$P" tokio-st --scenario pingpong -c 1
+run "pingpong-unix-c1-tokio-st-nobusypoll" "$UNIX --busy-poll-us 0" "$U" tokio-st --scenario pingpong --transport unix -c 1
 # Control: torsion against itself. The spread of these ratios is this run's noise band; a
 # row above closer to 1.0 than that says "parity", not "faster" or "slower".
 run "self-pingpong-tcp-c64" "$TCP" "$TCP" torsion-again --scenario pingpong -c 64
