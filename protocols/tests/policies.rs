@@ -630,6 +630,89 @@ fn throttle_producer_panic_on_resume_aborts_the_connection() {
     );
 }
 
+/// A push producer that panics when paused (its `stop_producing` panics too, if `stop`).
+struct PauseBomb {
+    stop: bool,
+}
+
+impl Producer for PauseBomb {
+    fn pause_producing(&mut self) {
+        panic!("pause boom");
+    }
+    fn resume_producing(&mut self) {}
+    fn stop_producing(&mut self) {
+        if self.stop {
+            panic!("stop boom");
+        }
+    }
+}
+
+/// A write through a handle outside any callback (a timer) that spends the write budget
+/// pauses the producer from that write: its panic costs the connection, aborted with `Panic`,
+/// as a producer's panic in a call the transport makes. (It went up to the timer's generic
+/// guard: logged, the connection left open, the throttle's recovery timer never armed, so
+/// writes stayed throttled for good.)
+#[test]
+fn throttle_producer_panic_on_a_pause_from_a_handle_write_aborts_the_connection() {
+    struct P(Rc<RefCell<Option<TransportHandle>>>);
+    impl Protocol for P {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.register_producer(Box::new(PauseBomb { stop: false }), true);
+            *self.0.borrow_mut() = Some(t.handle());
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let mr = MemoryReactor::new();
+    let handle = Rc::default();
+    let (w, lost) = watch(P(Rc::clone(&handle)));
+    let st = StringTransport::connect(&mr, Throttled::new(w, Bandwidth::write(1000)));
+    let h = handle.borrow().clone().unwrap();
+    let _timer = mr
+        .reactor()
+        .call_later(secs(1.0), move |_| h.write(&[b'z'; 3000]));
+    mr.advance(secs(2.0));
+    assert!(st.reset_received(), "aborted");
+    assert!(
+        matches!(&*lost.borrow(), Some(CloseReason::Panic(m)) if m == "pause boom"),
+        "{:?}",
+        lost.borrow()
+    );
+}
+
+/// A pull producer held back by the throttle (taken off the transport) is stopped by the
+/// throttle when the connection ends: a panic in its `stop_producing` must not keep
+/// `connection_lost` from the wrapped protocol. (It unwound through the throttle's
+/// `connection_lost`, and the protocol never heard that its connection ended.)
+#[test]
+fn throttle_producer_panic_when_stopped_at_close_still_delivers_connection_lost() {
+    struct Bomb;
+    impl Producer for Bomb {
+        fn resume_producing(&mut self) {}
+        fn stop_producing(&mut self) {
+            panic!("stop boom");
+        }
+    }
+    struct P;
+    impl Protocol for P {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.write(&[b'z'; 3000]); // in debt: a pull producer is held back
+            t.register_producer(Box::new(Bomb), false);
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let mr = MemoryReactor::new();
+    let (w, lost) = watch(P);
+    let st = StringTransport::connect(&mr, Throttled::new(w, Bandwidth::write(1000)));
+    mr.run_until_idle();
+    st.transport().abort_connection();
+    mr.run_until_idle();
+    assert!(
+        matches!(&*lost.borrow(), Some(CloseReason::Aborted)),
+        "{:?}",
+        lost.borrow()
+    );
+}
+
 /// Connections of one factory share its total read budget.
 #[test]
 fn throttling_factory_shares_the_pool() {

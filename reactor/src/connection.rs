@@ -484,7 +484,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
         let Some(mut producer) = self.producer.borrow_mut().take() else {
             return;
         };
-        let result = catch_unwind_message(|| f(&mut *producer));
+        let mut result = catch_unwind_message(|| f(&mut *producer));
         let mut slot = self.producer.borrow_mut();
         if slot.is_none() && self.st.borrow().producer.is_some() {
             *slot = Some(producer);
@@ -494,9 +494,15 @@ impl<IO: StreamIo> StreamConnection<IO> {
             // replacement).
             drop(slot);
             if self.producer_replaced.take() {
-                producer.stop_producing();
+                let stopped = catch_unwind_message(|| producer.stop_producing());
+                result = result.and(stopped);
             }
         }
+        self.producer_panicked(result);
+    }
+
+    /// Aborts the connection with [`CloseReason::Panic`] if a producer call panicked.
+    fn producer_panicked(&self, result: Result<(), String>) {
         if let Err(msg) = result {
             tracing::error!(peer = %self.peer, panic = %msg, "producer panicked; aborting this connection");
             self.finish(CloseReason::Panic(msg), true);
@@ -998,14 +1004,25 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn register_producer(&self, producer: Box<dyn Producer>, streaming: bool) {
+        // Stopping a producer runs user code, possibly from a handle outside any callback (a
+        // timer, say): a panic there is contained as in the producer's other calls.
         if self.st.borrow().phase == Phase::Closed {
             let mut producer = producer;
-            producer.stop_producing();
+            if let Err(msg) = catch_unwind_message(|| producer.stop_producing()) {
+                tracing::error!(peer = %self.peer, panic = %msg, "producer stop_producing panicked");
+            }
             return;
         }
         let old = self.producer.borrow_mut().replace(producer);
         match old {
-            Some(mut old) => old.stop_producing(),
+            Some(mut old) => {
+                let stopped = catch_unwind_message(|| old.stop_producing());
+                if stopped.is_err() {
+                    // The connection is aborted; the new producer, in the slot, is stopped
+                    // with it.
+                    return self.producer_panicked(stopped);
+                }
+            }
             // Registered, but out of its slot: inside its own call, stopped once that returns.
             None if self.st.borrow().producer.is_some() => self.producer_replaced.set(true),
             None => {}

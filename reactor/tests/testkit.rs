@@ -1082,3 +1082,96 @@ fn the_tests_own_reset_is_not_a_reset_received() {
     assert!(matches!(st.lost(), Some(CloseReason::Reset)));
     assert!(!st.reset_received(), "the protocol side did not abort");
 }
+
+/// A producer that panics when stopped; in `resume_producing` it may hand over to a
+/// successor like it (from inside its own call).
+struct StopBomb {
+    transport: TransportHandle,
+    hand_over: bool,
+}
+
+impl Producer for StopBomb {
+    fn resume_producing(&mut self) {
+        if std::mem::take(&mut self.hand_over) {
+            self.transport.register_producer(
+                Box::new(StopBomb {
+                    transport: self.transport.clone(),
+                    hand_over: false,
+                }),
+                true,
+            );
+        }
+    }
+
+    fn stop_producing(&mut self) {
+        panic!("stop boom");
+    }
+}
+
+/// A producer replaced from inside its own call is stopped when the call returns, on the
+/// connection's deferred delivery (here the pull re-ask, from the reactor's queue): a panic
+/// in that `stop_producing` costs the connection, aborted with `Panic`. (It escaped the
+/// transport's guard: the reactor's queue only logged it, the connection stayed open, and
+/// from a readiness event it would have ended the reactor's run.)
+#[test]
+fn a_panic_stopping_a_producer_replaced_in_its_own_call_aborts_the_connection() {
+    let mr = MemoryReactor::new();
+    let (proto, events) = Recorder::new();
+    let st = StringTransport::connect(&mr, proto);
+    st.transport().register_producer(
+        Box::new(StopBomb {
+            transport: st.transport().clone(),
+            hand_over: true,
+        }),
+        false,
+    );
+    mr.run_until_idle();
+    assert!(st.reset_received(), "aborted");
+    let e = events.borrow();
+    assert!(
+        matches!(e.lost.as_slice(), [CloseReason::Panic(m)] if m == "stop boom"),
+        "{:?}",
+        e.lost
+    );
+}
+
+/// `register_producer` through a handle outside any callback (a timer) stops the producer
+/// it replaces: a panic there costs the connection, aborted with `Panic`, as a producer's
+/// panic in any call the transport makes. (It reached the timer's generic guard: logged, the
+/// connection left open with the new producer in its slot but not registered.)
+#[test]
+fn a_panic_stopping_a_producer_replaced_from_a_timer_aborts_the_connection() {
+    let mr = MemoryReactor::new();
+    let (proto, events) = Recorder::new();
+    let st = StringTransport::connect(&mr, proto);
+    let t = st.transport().clone();
+    t.register_producer(
+        Box::new(StopBomb {
+            transport: t.clone(),
+            hand_over: false,
+        }),
+        true,
+    );
+    mr.run_until_idle();
+    let h = t.clone();
+    let _timer = mr.reactor().call_later(Duration::from_secs(1), move |_| {
+        h.register_producer(
+            Box::new(PullProducer {
+                transport: h.clone(),
+                log: Rc::default(),
+                data: Rc::new(b"x".to_vec()),
+                chunk: 1,
+                sent: 0,
+            }),
+            false,
+        );
+    });
+    mr.advance(Duration::from_secs(2));
+    assert!(st.reset_received(), "aborted");
+    let e = events.borrow();
+    assert!(
+        matches!(e.lost.as_slice(), [CloseReason::Panic(m)] if m == "stop boom"),
+        "{:?}",
+        e.lost
+    );
+}

@@ -170,6 +170,9 @@ struct ProducerSlot {
     throttled: Cell<bool>,
     /// A push producer was last told to pause (a new one produces until told otherwise).
     told_paused: Cell<bool>,
+    /// A producer call panicked and the connection was aborted: the message, reported as
+    /// [`CloseReason::Panic`].
+    panic: RefCell<Option<String>>,
 }
 
 /// What becomes of a producer when its current call returns, after it (or anything it called)
@@ -188,6 +191,21 @@ enum AfterCall {
 impl ProducerSlot {
     fn transport(&self) -> Option<TransportHandle> {
         self.transport.borrow().clone()
+    }
+
+    /// Contains a panic in a call of the producer, which may run outside any connection
+    /// callback (a write through a handle from a timer, a replacement registered from one):
+    /// the connection is aborted and reports [`CloseReason::Panic`], as when the transport
+    /// calls the producer itself. Once the connection is gone, it is only logged.
+    fn contain(&self, result: Result<(), String>) {
+        let Err(msg) = result else { return };
+        let Some(t) = self.transport() else {
+            tracing::error!(panic = %msg, "producer panicked");
+            return;
+        };
+        tracing::error!(panic = %msg, "producer panicked; aborting this connection");
+        self.panic.borrow_mut().get_or_insert(msg);
+        t.abort_connection();
     }
 
     /// A producer is registered (in the slot, or inside a call and staying).
@@ -213,7 +231,7 @@ impl ProducerSlot {
             };
             drop(in_call);
             if let (Some((mut p, _)), true) = (superseded, stop) {
-                p.stop_producing();
+                self.contain(catch_unwind_message(|| p.stop_producing()));
             }
             return;
         }
@@ -228,13 +246,14 @@ impl ProducerSlot {
         // as it stops does not unregister the new one.
         let old = self.producer.borrow_mut().take();
         if let (Some(mut old), true) = (old, stop) {
-            old.stop_producing();
+            self.contain(catch_unwind_message(|| old.stop_producing()));
         }
         let Some((mut producer, streaming)) = next else {
             return;
         };
         let Some(t) = transport else {
-            producer.stop_producing(); // the connection is gone
+            // The connection is gone.
+            self.contain(catch_unwind_message(|| producer.stop_producing()));
             return;
         };
         *self.producer.borrow_mut() = Some(producer);
@@ -258,12 +277,14 @@ impl ProducerSlot {
             return;
         };
         *self.in_call.borrow_mut() = Some(AfterCall::Keep);
-        f(&mut *producer);
+        let result = catch_unwind_message(|| f(&mut *producer));
         let after = self.in_call.borrow_mut().take();
         *self.producer.borrow_mut() = Some(producer);
+        let panicked = result.is_err();
+        self.contain(result);
         if let Some(AfterCall::Leave { stop, next }) = after {
             self.replace(next, stop);
-        } else {
+        } else if !panicked {
             self.sync();
         }
     }
@@ -590,7 +611,9 @@ impl<P: Protocol> Protocol for Throttled<P> {
     fn connection_lost(&mut self, reason: CloseReason) {
         self.state.stop();
         self.hooked = None;
-        let reason = match self.state.panic.borrow_mut().take() {
+        let panic = self.state.panic.borrow_mut().take();
+        let panic = panic.or_else(|| self.state.producer.panic.borrow_mut().take());
+        let reason = match panic {
             Some(msg) => CloseReason::Panic(msg),
             None => reason,
         };
