@@ -254,6 +254,8 @@ struct LoopState {
 /// Ticks are due at `start + k × interval`. When the reactor is late by more than one
 /// interval, the missed ticks are not run one after another: the function runs once and is
 /// told how many ticks were skipped, and the next tick is the next multiple of the interval.
+/// A panic in the function is caught and logged and stops the loop, as an exception does in
+/// Twisted ([`running`](Self::running) turns `false`).
 ///
 /// ```
 /// use std::{cell::Cell, rc::Rc, time::Duration};
@@ -320,7 +322,13 @@ impl LoopingCall {
                 due.saturating_add(Duration::from_nanos(ahead.try_into().unwrap_or(u64::MAX)));
             state.next.set(next);
             let skipped = skipped.try_into().unwrap_or(u64::MAX);
-            (state.func.borrow_mut())(r, skipped);
+            let ran = crate::panic::catch_unwind_message(|| (state.func.borrow_mut())(r, skipped));
+            if let Err(msg) = ran {
+                // As an exception does in Twisted's LoopingCall: the loop stops.
+                tracing::error!(panic = %msg, "LoopingCall function panicked; the loop stops");
+                state.running.set(false);
+                return;
+            }
             if state.running.get() {
                 Self::schedule(r, &state);
             }
@@ -336,7 +344,7 @@ impl LoopingCall {
         }
     }
 
-    /// `true` until [`stop`](Self::stop) is called.
+    /// `true` until [`stop`](Self::stop) is called or the function panics.
     pub fn running(&self) -> bool {
         self.state.running.get()
     }

@@ -369,6 +369,24 @@ fn looping_call_can_stop_itself_from_its_callback() {
 }
 
 #[test]
+fn a_panic_in_a_looping_call_stops_the_loop() {
+    let mr = MemoryReactor::new();
+    let count = Rc::new(Cell::new(0));
+    let c = count.clone();
+    let looping = LoopingCall::start(mr.reactor(), secs(1), false, move |_, _| {
+        c.set(c.get() + 1);
+        assert!(c.get() != 2, "second tick fails");
+    });
+    let other = Rc::new(Cell::new(false));
+    let o = other.clone();
+    let _later = mr.reactor().call_later(secs(5), move |_| o.set(true));
+    mr.advance(secs(10));
+    assert_eq!(count.get(), 2, "no tick after the panic");
+    assert!(!looping.running(), "a loop that stopped says so");
+    assert!(other.get(), "the reactor went on");
+}
+
+#[test]
 fn a_panicking_timer_does_not_stop_the_others() {
     let mr = MemoryReactor::new();
     let log = Log::default();
