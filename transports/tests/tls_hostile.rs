@@ -57,11 +57,12 @@ fn certs() -> (tempfile::TempDir, DevCerts) {
     (dir, certs)
 }
 
-/// A bare rustls client at the far end of a `StringTransport` whose near end runs our TLS
-/// server layer.
+/// A bare rustls peer at the far end of a `StringTransport` whose near end runs our TLS
+/// layer: a client against our server ([`Peer::connect`]) or a server against our client
+/// ([`Peer::serve`]).
 struct Peer {
     st: StringTransport,
-    conn: rustls::ClientConnection,
+    conn: rustls::Connection,
     plain: Vec<u8>,
 }
 
@@ -79,7 +80,32 @@ impl Peer {
             Arc::clone(client.rustls()),
             "localhost".try_into().unwrap(),
         )
-        .unwrap();
+        .unwrap()
+        .into();
+        Peer {
+            st,
+            conn,
+            plain: Vec::new(),
+        }
+    }
+
+    /// A rustls server against our client layer.
+    fn serve(
+        mr: &MemoryReactor,
+        c: &DevCerts,
+        inner: impl Protocol,
+        options: MemoryOptions,
+    ) -> Peer {
+        let server = ServerTlsConfig::from_pem_files(&c.server_cert, &c.server_key, None).unwrap();
+        let client = ClientTlsConfig::with_ca_file(&c.ca_cert).unwrap();
+        let st = StringTransport::with_options(
+            mr,
+            TlsProtocol::client(inner, &client, "localhost").unwrap(),
+            options,
+        );
+        let conn = rustls::ServerConnection::new(Arc::clone(server.rustls()))
+            .unwrap()
+            .into();
         Peer {
             st,
             conn,
@@ -446,71 +472,12 @@ fn panic_in_held_delivery_aborts_with_panic() {
     assert!(p.st.reset_received());
 }
 
-/// A bare rustls server against our client layer.
-struct SPeer {
-    st: StringTransport,
-    conn: rustls::ServerConnection,
-    plain: Vec<u8>,
-}
-
-impl SPeer {
-    fn connect(
-        mr: &MemoryReactor,
-        c: &DevCerts,
-        inner: impl Protocol,
-        options: MemoryOptions,
-    ) -> SPeer {
-        let server = ServerTlsConfig::from_pem_files(&c.server_cert, &c.server_key, None).unwrap();
-        let client = ClientTlsConfig::with_ca_file(&c.ca_cert).unwrap();
-        let st = StringTransport::with_options(
-            mr,
-            TlsProtocol::client(inner, &client, "localhost").unwrap(),
-            options,
-        );
-        let conn = rustls::ServerConnection::new(Arc::clone(server.rustls())).unwrap();
-        SPeer {
-            st,
-            conn,
-            plain: Vec::new(),
-        }
-    }
-    fn out(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while self.conn.wants_write() {
-            self.conn.write_tls(&mut out).unwrap();
-        }
-        out
-    }
-    fn pump_out(&mut self) -> usize {
-        let out = self.out();
-        if out.is_empty() {
-            0
-        } else {
-            self.st.feed(&out)
-        }
-    }
-    fn pump_in(&mut self) -> usize {
-        let bytes = self.st.take();
-        let mut rest = &bytes[..];
-        while !rest.is_empty() && self.conn.read_tls(&mut rest).unwrap() > 0 {
-            self.conn
-                .process_new_packets()
-                .expect("valid TLS from our side");
-            let mut buf = [0u8; 16 * 1024];
-            while let Ok(n @ 1..) = self.conn.reader().read(&mut buf) {
-                self.plain.extend_from_slice(&buf[..n]);
-            }
-        }
-        bytes.len()
-    }
-}
-
 #[test]
 fn server_half_rtt_data_with_its_finished() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = SPeer::connect(
+    let mut p = Peer::serve(
         &mr,
         &c,
         Echo {
