@@ -5,8 +5,8 @@
 //! A transport writes to the socket at once when it can and buffers what the socket does
 //! not take. When the buffer rises above the **high watermark** (64 KiB by default,
 //! [`ConnectionConfig`](crate::reactor::ConnectionConfig)), the protocol's
-//! [`pause_producing`](crate::Protocol::pause_producing) runs; below the **low watermark**
-//! (16 KiB) [`resume_producing`](crate::Protocol::resume_producing) runs. The default
+//! [`pause_producing`](crate::Protocol::pause_producing) runs; once it is back at or below the
+//! **low watermark** (16 KiB) [`resume_producing`](crate::Protocol::resume_producing) runs. The default
 //! implementations pause and resume *reading* from that connection — the right back-pressure
 //! for anything that writes in response to what it reads, such as an echo server facing a
 //! client that does not read. A registered [`Producer`](crate::Producer) is paused and resumed
@@ -25,7 +25,8 @@
 //!
 //! Reads are bounded too: one connection gets at most 16 reads of up to 64 KiB (1 MiB) per
 //! reactor turn, and the read buffer is lent by the reactor for the duration of the callback
-//! (an idle connection holds no read buffer; about half a KiB per idle TCP connection in all).
+//! (an idle connection holds no read buffer; about 0.6 KiB per idle TCP connection in all,
+//! BENCHMARKS.md).
 //!
 //! # Closing
 //!
@@ -122,10 +123,15 @@
 //!
 //! # Panics
 //!
-//! A panic in any callback of a protocol, producer or factory is caught. The connection it
-//! happened on is aborted with [`CloseReason::Panic`](crate::CloseReason::Panic) carrying the
-//! message, an error is logged once, and the reactor and every other connection go on. A
-//! panicking timer callback is logged and skipped.
+//! A panic in any callback of a protocol, producer or factory is caught, an error is logged,
+//! and the reactor and every other connection go on. A panic in a protocol or producer
+//! callback aborts the connection it happened on with
+//! [`CloseReason::Panic`](crate::CloseReason::Panic) carrying the message (a panic in
+//! `connection_lost` itself is only logged). A server factory that panics in `build_protocol`
+//! refuses that connection: the accepted socket is closed before any protocol runs. A client
+//! factory that panics in `build_protocol` fails the attempt: `client_connection_failed` gets
+//! `Panic`; a panic in its other hooks is logged. A panicking timer callback is logged and
+//! skipped.
 //!
 //! # Graceful shutdown
 //!

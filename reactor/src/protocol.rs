@@ -38,7 +38,8 @@ use crate::transport::Transport;
 ///
 /// When the transport's write buffer rises above its high watermark the protocol's
 /// [`pause_producing`](Protocol::pause_producing) runs, and
-/// [`resume_producing`](Protocol::resume_producing) when it falls below the low watermark.
+/// [`resume_producing`](Protocol::resume_producing) once it is back at or below the low
+/// watermark.
 /// The defaults pause and resume *reading* from this connection, which is the right
 /// back-pressure for any protocol that writes in response to what it reads (an echo server
 /// facing a client that does not read stops reading too, and its memory stays bounded).
@@ -87,7 +88,7 @@ pub trait Protocol: 'static {
         transport.pause_reading();
     }
 
-    /// The write buffer fell below the low watermark: writing may resume.
+    /// The write buffer fell to the low watermark or below: writing may resume.
     /// Default: resume reading.
     fn resume_producing(&mut self, transport: &mut dyn Transport) {
         transport.resume_reading();

@@ -55,7 +55,7 @@ pub struct PeerCredentials {
 /// Register one with [`Transport::register_producer`]:
 /// - a **push** producer (`streaming = true`) writes whenever it likes; the transport calls
 ///   `pause_producing` when its write buffer rises above the high watermark and
-///   `resume_producing` when it falls below the low watermark;
+///   `resume_producing` once it is back at or below the low watermark;
 /// - a **pull** producer (`streaming = false`) writes only when asked: the transport calls
 ///   `resume_producing` once at registration and again each time its buffer has drained
 ///   after the producer wrote (a producer that wrote nothing is not asked again until it
