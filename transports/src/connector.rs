@@ -168,13 +168,14 @@ impl ConnectorInner {
             return; // the factory stopped the attempt
         }
         match &self.target {
-            Target::Unix(UnixTarget::Path(path)) => match SockAddr::unix(path) {
+            // A path or name that cannot be a socket address is not a resolution failure.
+            Target::Unix(UnixTarget::Path(path)) => match crate::unix::path_sockaddr(path) {
                 Ok(addr) => self.resolved(Ok(vec![addr])),
-                Err(e) => self.fail(CloseReason::ResolutionFailed(e.to_string())),
+                Err(e) => self.fail(CloseReason::Io(Arc::new(e))),
             },
             Target::Unix(UnixTarget::Abstract(name)) => match abstract_sockaddr(name) {
                 Ok(addr) => self.resolved(Ok(vec![addr])),
-                Err(e) => self.fail(CloseReason::ResolutionFailed(e.to_string())),
+                Err(e) => self.fail(CloseReason::Io(Arc::new(e))),
             },
             Target::Tcp { host, port } => {
                 let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -595,8 +596,21 @@ pub(crate) fn any_to_address(addr: rustix::net::SocketAddrAny) -> Option<Address
         .map(|n| Address::Unix(UnixAddress::Abstract(n.to_vec())))
 }
 
-/// A socket address for a Linux abstract name.
+/// A socket address for a Linux abstract name; a name longer than `sun_path` holds (107
+/// bytes after the leading NUL) is an [`io::ErrorKind::InvalidInput`] error that says so.
 pub(crate) fn abstract_sockaddr(name: &[u8]) -> io::Result<SockAddr> {
+    const MAX_NAME_LEN: usize = 107;
+    if name.len() > MAX_NAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the abstract name @{} is {} bytes long; an abstract name holds at most \
+                 {MAX_NAME_LEN} bytes (sun_path is 108, one for the leading NUL)",
+                String::from_utf8_lossy(name),
+                name.len()
+            ),
+        ));
+    }
     let mut path = Vec::with_capacity(name.len() + 1);
     path.push(0u8);
     path.extend_from_slice(name);

@@ -61,7 +61,7 @@ use std::time::Duration;
 use rustix::net::{
     MMsgHdr, RecvFlags, SendAncillaryBuffer, SendFlags, SocketAddrAny, SocketAddrUnix,
 };
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, Socket, Type};
 use torsion_reactor::{
     Address, DatagramError, DatagramProtocol, DatagramTransport, DelayedCall, Error, Interest,
     MulticastInterface, Reactor, Readiness, Registered, Result, Source, UnixAddress, WeakReactor,
@@ -182,6 +182,8 @@ pub(crate) struct DatagramSocket {
     batch: RefCell<Batch>,
     max_queue_bytes: usize,
     stopped: Cell<bool>,
+    /// The socket file of a Unix path, removed at stop if it is still this socket's.
+    socket_file: Option<crate::unix::SocketFile>,
     /// Pause before retrying a blocked queue after a writable event that made no progress.
     write_backoff: Cell<Duration>,
     retry: RefCell<Option<DelayedCall>>,
@@ -267,6 +269,7 @@ impl DatagramSocket {
         kind: Kind,
         protocol: Box<dyn DatagramProtocol>,
         options: &DatagramOptions,
+        socket_file: Option<crate::unix::SocketFile>,
     ) -> Result<DatagramPort> {
         let local = socket
             .local_addr()
@@ -300,6 +303,7 @@ impl DatagramSocket {
             batch: RefCell::new(Batch::default()),
             max_queue_bytes: options.max_queue_bytes,
             stopped: Cell::new(false),
+            socket_file,
             write_backoff: Cell::new(FIRST_WRITE_BACKOFF),
             retry: RefCell::new(None),
         });
@@ -624,12 +628,8 @@ impl DatagramTransport for DatagramSocket {
         if let Some(retry) = self.retry.borrow_mut().take() {
             retry.cancel();
         }
-        let path = match &self.local {
-            Address::Unix(UnixAddress::Path(p)) => Some(p.clone()),
-            _ => None,
-        };
-        if let Some(p) = path {
-            crate::unix::remove_socket_file(&p);
+        if let Some(file) = &self.socket_file {
+            file.remove();
         }
         tracing::info!(local = %self.local, "datagram socket closed");
         if let (Some(reactor), Some(me)) = (self.reactor.upgrade(), self.me.upgrade()) {
@@ -805,7 +805,7 @@ pub(crate) fn listen_udp(
         v6: addr.is_ipv6(),
         v6_only: false,
     };
-    DatagramSocket::start(reactor, socket, kind, protocol, &options)
+    DatagramSocket::start(reactor, socket, kind, protocol, &options, None)
 }
 
 pub(crate) fn listen_unix_datagram(
@@ -816,10 +816,13 @@ pub(crate) fn listen_unix_datagram(
 ) -> Result<DatagramPort> {
     let shown = path.display().to_string();
     let addr =
-        SockAddr::unix(path).map_err(|e| Error::io(format!("use {shown} as a socket path"), e))?;
+        crate::unix::path_sockaddr(path).map_err(|e| Error::InvalidAddress(e.to_string()))?;
     let socket = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
         .map_err(|e| Error::io("create a Unix datagram socket", e))?;
     apply(&socket, &options, &shown)?;
+    let lock = crate::unix::lock_dir(path);
     crate::unix::bind_path(&socket, Type::DGRAM, &addr, path)?;
-    DatagramSocket::start(reactor, socket, Kind::Unix, protocol, &options)
+    let file = crate::unix::SocketFile::bound(path);
+    drop(lock);
+    DatagramSocket::start(reactor, socket, Kind::Unix, protocol, &options, Some(file))
 }

@@ -469,11 +469,14 @@ fn parse_parts(
                 for (k, v) in keys {
                     match k.as_str() {
                         "address" => path = Some(v),
-                        "mode" => {
-                            mode = Some(u32::from_str_radix(&v, 8).or_else(|_| {
-                                err(format!("mode={v} is not an octal file mode such as 660"))
-                            })?)
-                        }
+                        "mode" => match u32::from_str_radix(&v, 8) {
+                            Ok(m) if m <= 0o7777 => mode = Some(m),
+                            _ => {
+                                return err(format!(
+                                    "mode={v} is not an octal file mode such as 660"
+                                ))
+                            }
+                        },
                         "backlog" => backlog = parse_backlog(&v)?,
                         "lockfile" => {}
                         _ => {
@@ -490,6 +493,11 @@ fn parse_parts(
                             "mode={m:o} has no meaning for the abstract name '{p}' (it has no file)"
                         ));
                     }
+                }
+                if path.as_deref() == Some("@") {
+                    return err(format!(
+                        "{shown}:@ needs an abstract name after @, as in {shown}:@echo"
+                    ));
                 }
                 match path {
                     Some(p) if !p.is_empty() => Ok(ServerEndpoint::Unix {
@@ -1157,6 +1165,9 @@ impl FromStr for ClientEndpoint {
                     _ => return err("unix endpoint needs a path, as in unix:/tmp/echo.sock"),
                 };
                 if !tls {
+                    if path == "@" {
+                        return err("unix:@ needs an abstract name after @, as in unix:@echo");
+                    }
                     let timeout = fields.take("timeout").map(|v| parse_timeout(&v));
                     return Ok(ClientEndpoint::Unix {
                         path: PathBuf::from(path),
@@ -1394,6 +1405,13 @@ mod tests {
         assert!(e("tls:x:certKey=c:privateKey=k").contains("port 'x'"));
         assert!(e("unix:").contains("needs a path"));
         assert!(e("unix:/a:mode=999").contains("999"));
+        // chmod keeps only the low 12 bits: 17777 would quietly become 7777.
+        assert!(e("unix:/a:mode=17777").contains("17777"));
+        assert!(e("unix:/a:mode=").contains("mode="));
+        assert!(e("unix:@").contains("abstract name after @"));
+        assert!(e("unix:address=@").contains("abstract name after @"));
+        let c = |d: &str| d.parse::<ClientEndpoint>().unwrap_err().to_string();
+        assert!(c("unix:@").contains("abstract name after @"));
         assert!(e("tcp:80:backlog=-1").contains("backlog"));
         assert!(e("tlsunix:@n:certKey=c:privateKey=k").contains("abstract"));
         assert!(e("unix:@n:mode=600").contains("abstract name"));

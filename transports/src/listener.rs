@@ -26,7 +26,6 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -76,7 +75,7 @@ pub(crate) struct Listener {
     pause: Cell<Duration>,
     retry: RefCell<Option<DelayedCall>>,
     conns: RefCell<Connections>,
-    unlink_on_stop: Option<PathBuf>,
+    unlink_on_stop: Option<crate::unix::SocketFile>,
 }
 
 impl Listener {
@@ -89,7 +88,7 @@ impl Listener {
         local: Address,
         no_delay: bool,
         config: ConnectionConfig,
-        unlink_on_stop: Option<PathBuf>,
+        unlink_on_stop: Option<crate::unix::SocketFile>,
     ) -> torsion_reactor::Result<ListeningPort> {
         let wildcard = local.socket_addr().is_some_and(|a| a.ip().is_unspecified());
         let reg = Registered::new(reactor, socket, Interest::READABLE)?;
@@ -293,8 +292,8 @@ impl Listener {
             retry.cancel();
         }
         drop(reg);
-        if let Some(path) = &self.unlink_on_stop {
-            crate::unix::remove_socket_file(path);
+        if let Some(file) = &self.unlink_on_stop {
+            file.remove();
         }
         tracing::info!(local = %self.local, "stopped listening");
         self.factory.port_stopped();

@@ -558,3 +558,24 @@ fn probing_a_live_socket_sends_it_nothing() {
     );
     stop_and_check(&reactor, &live, &path, &rec);
 }
+
+/// Stopping removes the socket file only if it is still this socket's: another server that
+/// replaced it meanwhile keeps its file.
+#[test]
+fn stop_leaves_another_servers_socket_at_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replaced.sock");
+    let reactor = Reactor::new().unwrap();
+    let rec = dg_record();
+    let port = reactor
+        .listen_unix_datagram(&path, DgRecorder::new(&rec))
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let theirs = UnixDatagram::bind(&path).unwrap();
+    port.stop_listening();
+    assert!(
+        is_socket(&path),
+        "stop_listening removed another server's socket file"
+    );
+    drop(theirs);
+}

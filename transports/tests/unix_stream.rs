@@ -464,3 +464,155 @@ fn an_accepted_connection_reports_a_client_path_that_fills_sun_path() {
         Address::Unix(UnixAddress::Path(client_path))
     );
 }
+
+/// A port that stops removes its socket file only if it is still its own: a server that
+/// replaced the file meanwhile keeps its socket (the decision is by device and inode, not by
+/// "a socket file is there").
+#[test]
+fn stop_listening_leaves_another_servers_socket_at_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replaced.sock");
+    let reactor = Reactor::new().unwrap();
+    let port = reactor.listen_unix(&path, |_: &Address| Echo).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let theirs = UnixListener::bind(&path).unwrap();
+    port.stop_listening();
+    assert!(
+        std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()),
+        "stop_listening removed another server's socket file"
+    );
+    UnixStream::connect(&path).expect("the other server still answers at the path");
+    drop(theirs);
+}
+
+/// The kernel cuts a path at its first NUL byte: a path holding one must be refused, never
+/// bound or connected as the shorter path.
+#[test]
+fn a_path_with_a_nul_byte_is_refused_not_cut_short() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("a");
+    let mut raw = short.as_os_str().as_bytes().to_vec();
+    raw.extend_from_slice(b"\0b.sock");
+    let nul = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&raw));
+    let reactor = Reactor::new().unwrap();
+    match reactor.listen_unix(&nul, |_: &Address| Echo) {
+        Err(Error::InvalidAddress(msg)) => assert!(msg.contains("NUL"), "{msg}"),
+        other => panic!("expected InvalidAddress, got {other:?}"),
+    }
+    assert!(!short.exists(), "bound the path cut at the NUL byte");
+
+    // A client must not reach the server at the shorter path either.
+    let _server = UnixListener::bind(&short).unwrap();
+    let log = Rc::new(RefCell::new(ClientLog::default()));
+    let _c = reactor.connect_unix(
+        &nul,
+        SenderFactory {
+            log: log.clone(),
+            msg: Vec::new(),
+        },
+    );
+    let l = log.clone();
+    run_until(&reactor, "the attempt to end", move || {
+        l.borrow().failed.is_some() || l.borrow().made
+    });
+    let log = log.borrow();
+    assert!(!log.made, "connected to the path cut at the NUL byte");
+    assert!(
+        matches!(&log.failed, Some(CloseReason::Io(e)) if e.kind() == ErrorKind::InvalidInput),
+        "{:?}",
+        log.failed
+    );
+}
+
+/// A path or abstract name longer than `sun_path` holds is an invalid address that names the
+/// limit; a client's attempt fails with an invalid-input error, not "could not resolve host
+/// name".
+#[test]
+fn a_path_or_name_longer_than_sun_path_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("x".repeat(120));
+    let reactor = Reactor::new().unwrap();
+    match reactor.listen_unix(&long, |_: &Address| Echo) {
+        Err(Error::InvalidAddress(msg)) => assert!(msg.contains("107 bytes"), "{msg}"),
+        other => panic!("expected InvalidAddress, got {other:?}"),
+    }
+    match reactor.listen_unix_abstract(&[b'n'; 108], |_: &Address| Echo) {
+        Err(Error::InvalidAddress(msg)) => assert!(msg.contains("107 bytes"), "{msg}"),
+        other => panic!("expected InvalidAddress, got {other:?}"),
+    }
+    let log = Rc::new(RefCell::new(ClientLog::default()));
+    let _c = reactor.connect_unix(
+        &long,
+        SenderFactory {
+            log: log.clone(),
+            msg: Vec::new(),
+        },
+    );
+    let l = log.clone();
+    run_until(&reactor, "the attempt to fail", move || {
+        l.borrow().failed.is_some()
+    });
+    let failed = log.borrow_mut().failed.take();
+    match failed {
+        Some(CloseReason::Io(e)) => {
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+            assert!(e.to_string().contains("107 bytes"), "{e}");
+        }
+        other => panic!("expected an invalid-input Io reason, got {other:?}"),
+    }
+}
+
+/// A file mode chmod cannot apply as given (above 7777) is refused before anything is bound.
+#[test]
+fn a_mode_above_7777_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mode.sock");
+    let reactor = Reactor::new().unwrap();
+    let options = UnixListenOptions {
+        mode: Some(0o10600),
+        ..UnixListenOptions::default()
+    };
+    match reactor.listen_unix_with(&path, |_: &Address| Echo, options) {
+        Err(Error::InvalidAddress(msg)) => assert!(msg.contains("10600"), "{msg}"),
+        other => panic!("expected InvalidAddress, got {other:?}"),
+    }
+    assert!(!path.exists());
+}
+
+/// Another port between its bind and its listen (its new socket refuses connections, like a
+/// stale one) holds the directory's lock; a port starting meanwhile waits for it and then
+/// finds the path live, instead of removing the new file and binding the path too.
+#[test]
+fn a_port_starting_at_the_same_time_is_not_taken_for_a_stale_file() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race.sock");
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (p, d) = (path.clone(), dir.path().to_owned());
+    let other = std::thread::spawn(move || {
+        let lock = std::fs::File::open(&d).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let addr = socket2::SockAddr::unix(&p).unwrap();
+        let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        s.bind(&addr).unwrap();
+        bound_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        s.listen(8).unwrap();
+        drop(lock);
+        let _ = done_rx.recv_timeout(IO_TIMEOUT);
+        drop(s);
+    });
+    bound_rx.recv().unwrap();
+    let reactor = Reactor::new().unwrap();
+    let result = reactor.listen_unix(&path, |_: &Address| Echo);
+    let in_use = matches!(result, Err(Error::AddressInUse(_)));
+    done_tx.send(()).unwrap();
+    other.join().unwrap();
+    assert!(
+        in_use,
+        "expected AddressInUse, got {:?}",
+        result.map(|p| p.local_address())
+    );
+}
