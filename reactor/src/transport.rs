@@ -101,7 +101,9 @@ pub trait Transport {
     /// `loseWriteConnection`). The protocol's `write_connection_lost` runs once FIN is sent.
     fn lose_write_connection(&self);
 
-    /// Closes at once: the write buffer is dropped and the peer receives a reset.
+    /// Closes at once: the write buffer is dropped and the peer receives a reset (after the
+    /// bytes that had already reached it). A Unix-domain socket has no reset: there the peer
+    /// sees an orderly end of stream unless data it sent was left unread.
     fn abort_connection(&self);
 
     /// The address of the other end.

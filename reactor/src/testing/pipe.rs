@@ -120,11 +120,12 @@ impl End {
 
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         let mut rx = self.rx.borrow_mut();
-        if rx.reset {
-            return Err(io::ErrorKind::ConnectionReset.into());
-        }
         if rx.data.is_empty() {
-            return if rx.eof {
+            // As TCP does, bytes that reached this end before the reset are still read
+            // first; the reset shows once they are gone.
+            return if rx.reset {
+                Err(io::ErrorKind::ConnectionReset.into())
+            } else if rx.eof {
                 Ok(0)
             } else {
                 Err(io::ErrorKind::WouldBlock.into())
