@@ -131,7 +131,8 @@ pub trait DatagramTransport {
     fn write(&self, data: &[u8]) -> Result<(), DatagramError>;
 
     /// Connects to `to`: `write` then sends there, only its datagrams are delivered, and its
-    /// refusals reach [`DatagramProtocol::connection_refused`].
+    /// refusals reach [`DatagramProtocol::connection_refused`]. Datagrams already written to
+    /// a previous peer (batched or queued) still go to that peer.
     fn connect(&self, to: &Address) -> io::Result<()>;
 
     /// The bound address (with the real port when bound to port 0).

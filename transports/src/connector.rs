@@ -81,6 +81,9 @@ enum State {
         reg: Registered<Socket>,
         addr: Address,
     },
+    /// Connected: the protocol is being built and started (`build_protocol`,
+    /// `connection_made`). A `disconnect` meanwhile closes the connection once it started.
+    Starting,
     Connected(TransportHandle),
 }
 
@@ -97,6 +100,10 @@ pub(crate) struct ConnectorInner {
     /// Bumped by every attempt, so a late resolution result for an abandoned attempt is
     /// ignored.
     attempt: Cell<u64>,
+    /// A `connect` call is waiting for its turn to begin an attempt.
+    begin_pending: Cell<bool>,
+    /// `disconnect` was called while [`State::Starting`].
+    disconnect_pending: Cell<bool>,
 }
 
 thread_local! {
@@ -125,6 +132,8 @@ impl ConnectorInner {
             last_error: RefCell::new(None),
             timer: RefCell::new(None),
             attempt: Cell::new(0),
+            begin_pending: Cell::new(false),
+            disconnect_pending: Cell::new(false),
         });
         inner.connect();
         Connector::new(inner)
@@ -146,6 +155,7 @@ impl ConnectorInner {
     }
 
     fn begin(self: Rc<Self>, reactor: &Reactor) {
+        self.begin_pending.set(false);
         if !matches!(*self.state.borrow(), State::Idle) {
             return;
         }
@@ -335,10 +345,11 @@ impl ConnectorInner {
 
     fn connected(&self, reactor: &Reactor) {
         let State::Connecting { reg, addr } =
-            std::mem::replace(&mut *self.state.borrow_mut(), State::Idle)
+            std::mem::replace(&mut *self.state.borrow_mut(), State::Starting)
         else {
             return;
         };
+        self.disconnect_pending.set(false);
         if let Some(t) = self.timer.borrow_mut().take() {
             t.cancel();
         }
@@ -400,7 +411,11 @@ impl ConnectorInner {
         // Connected until lost, closing included (so `connect` is ignored meanwhile), unless
         // it was already lost during `connection_made` (then `on_lost` reset the state).
         if !lost.get() {
-            *self.state.borrow_mut() = State::Connected(conn.handle());
+            let handle = conn.handle();
+            *self.state.borrow_mut() = State::Connected(handle.clone());
+            if self.disconnect_pending.take() {
+                handle.lose_connection();
+            }
         }
     }
 }
@@ -447,6 +462,13 @@ impl ConnectorOps for ConnectorInner {
         let Some(reactor) = self.reactor.upgrade() else {
             return;
         };
+        // Ignored now, not when the deferred start runs: an attempt in progress may have
+        // ended by then (a Unix path that does not exist fails at once), and starting another
+        // would make `connect` from `started_connecting` retry for ever.
+        let busy = !matches!(*self.state.borrow(), State::Idle);
+        if busy || self.begin_pending.replace(true) {
+            return;
+        }
         let me = self.me.upgrade().expect("alive");
         // Deferred: `connect` is typically called from a factory hook, which must return first.
         reactor.call_soon(move |r| me.begin(r));
@@ -474,6 +496,10 @@ impl ConnectorOps for ConnectorInner {
     fn disconnect(&self) {
         let handle = match &*self.state.borrow() {
             State::Connected(h) => Some(h.clone()),
+            State::Starting => {
+                self.disconnect_pending.set(true);
+                return;
+            }
             _ => None,
         };
         match handle {

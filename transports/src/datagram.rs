@@ -591,8 +591,17 @@ impl DatagramTransport for DatagramSocket {
             DatagramError::Io(e) => e,
             other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
         })?;
+        // What was written to the old peer still goes there: send the replies batched in
+        // this burst now, and address those still queued to it.
+        self.send_batch();
         self.with_socket(|s| rustix::net::connect(s.as_fd(), &addr).map_err(io::Error::from))?;
-        self.st.borrow_mut().peer = Some(to.clone());
+        let mut st = self.st.borrow_mut();
+        let old = st.peer.replace(to.clone());
+        if let Some(old) = old.and_then(|old| sockaddr_of(self.kind, &old).ok()) {
+            for (_, dest) in st.queue.iter_mut().filter(|(_, dest)| dest.is_none()) {
+                *dest = Some(old.clone());
+            }
+        }
         Ok(())
     }
 

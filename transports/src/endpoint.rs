@@ -325,6 +325,21 @@ impl FromStr for ServerEndpoint {
             keys,
         } = Description::parse(desc);
         let kind = kind.as_str();
+        // A value given twice (by name, or by position and by name) is refused, as on the
+        // client side: silently keeping the last one would listen somewhere unexpected.
+        let positional_name = match kind {
+            "tcp" | "tcp6" | "udp" | "udp6" | "tls" | "ssl" => Some("port"),
+            "unix" | "unixgram" | "tlsunix" => Some("address"),
+            _ => None,
+        };
+        if let Some(positional_name) = positional_name {
+            for (i, (k, _)) in keys.iter().enumerate() {
+                let by_position = k == positional_name && !positional.is_empty();
+                if by_position || keys[..i].iter().any(|(n, _)| n == k) {
+                    return err(format!("{k} is given twice in {kind} endpoint"));
+                }
+            }
+        }
         match kind {
             "tls" | "ssl" | "tlsunix" => {
                 let mut files = TlsFiles::default();
@@ -445,17 +460,30 @@ fn parse_parts(
                     ServerEndpoint::Tcp { addr, backlog }
                 })
             }
-            "unixgram" => match (positional.first(), keys.first()) {
-                (_, Some((k, _))) if k != "address" => err(format!(
-                    "unknown option '{k}' for unixgram (known: address)"
-                )),
-                (Some(p), _) | (None, Some((_, p))) if !p.is_empty() => {
-                    Ok(ServerEndpoint::UnixDatagram {
-                        path: PathBuf::from(p),
-                    })
+            "unixgram" => {
+                if let Some(extra) = positional.get(1) {
+                    return err(format!(
+                        "unexpected '{extra}' in unixgram endpoint (escape colons in paths as \\:)"
+                    ));
                 }
-                _ => err("unixgram endpoint needs a path, as in unixgram:/tmp/echo.sock"),
-            },
+                let mut path = positional.first().cloned();
+                for (k, v) in keys {
+                    match k.as_str() {
+                        "address" => path = Some(v),
+                        _ => {
+                            return err(format!(
+                                "unknown option '{k}' for unixgram (known: address)"
+                            ))
+                        }
+                    }
+                }
+                match path {
+                    Some(p) if !p.is_empty() => Ok(ServerEndpoint::UnixDatagram {
+                        path: PathBuf::from(p),
+                    }),
+                    _ => err("unixgram endpoint needs a path, as in unixgram:/tmp/echo.sock"),
+                }
+            }
             "unix" => {
                 let mut path = positional.first().cloned();
                 if positional.len() > 1 {
@@ -1416,6 +1444,46 @@ mod tests {
         assert!(e("tlsunix:@n:certKey=c:privateKey=k").contains("abstract"));
         assert!(e("unix:@n:mode=600").contains("abstract name"));
         assert!(e("http:80").contains("known: tcp"));
+    }
+
+    /// A server description is refused, with a one-line message, when a value is given
+    /// twice or an option is unknown, wherever it comes (a unixgram description looked at its
+    /// first option only, and dropped a second positional value); the client side already was.
+    #[test]
+    fn server_duplicates_unknowns_and_extras_are_refused() {
+        let e = |d: &str| match d.parse::<ServerEndpoint>() {
+            Ok(ep) => panic!("{d:?} parsed as {ep:?}"),
+            Err(e) => e.to_string(),
+        };
+        for (d, want) in [
+            (
+                "unixgram:/tmp/a:colour=red",
+                "unknown option 'colour' for unixgram",
+            ),
+            (
+                "unixgram:address=/tmp/a:colour=red",
+                "unknown option 'colour'",
+            ),
+            (
+                "unixgram:/tmp/a:b.sock",
+                "unexpected 'b.sock' in unixgram endpoint",
+            ),
+            ("unixgram:/tmp/a:address=/tmp/b", "address is given twice"),
+            ("tcp:80:port=81", "port is given twice"),
+            (
+                "udp:80:interface=127.0.0.1:interface=127.0.0.2",
+                "interface is given twice",
+            ),
+            ("unix:/a:address=/b", "address is given twice"),
+            ("unix:/a:mode=600:mode=644", "mode is given twice"),
+            (
+                "tls:443:certKey=a:certKey=b:privateKey=k",
+                "certKey is given twice",
+            ),
+        ] {
+            let m = e(d);
+            assert!(m.contains(want) && !m.contains('\n'), "{d}: {m}");
+        }
     }
 
     /// TLS errors name the endpoint the user wrote, and leave the user's values alone.

@@ -1033,3 +1033,73 @@ fn a_refused_keepalive_setting_leaves_keepalive_as_it_was() {
         "a failed set_keepalive left SO_KEEPALIVE on"
     );
 }
+
+/// Calls `disconnect` on its connector from `connection_made`.
+struct DisconnectWhenMade {
+    connector: Rc<RefCell<Option<Connector>>>,
+    lost: Rc<RefCell<Vec<String>>>,
+}
+
+impl Protocol for DisconnectWhenMade {
+    fn connection_made(&mut self, _transport: &mut dyn Transport) {
+        self.lost.borrow_mut().push("made".into());
+        self.connector
+            .borrow()
+            .as_ref()
+            .expect("connector kept")
+            .disconnect();
+    }
+    fn data_received(&mut self, _transport: &mut dyn Transport, _data: &[u8]) {}
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.lost.borrow_mut().push(format!("protocol: {reason}"));
+    }
+}
+
+/// `Connector::disconnect` from the protocol's `connection_made` closes the connection, as it
+/// does at any later time (it was ignored: the connector did not count itself connected until
+/// `connection_made` returned, so it took the call for a `stop_connecting` with nothing to
+/// stop).
+#[test]
+fn disconnect_from_connection_made_closes_the_connection() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reactor = Reactor::new().unwrap();
+    let slot = Rc::new(RefCell::new(None));
+    let lost = Rc::new(RefCell::new(Vec::new()));
+    let (s, l) = (slot.clone(), lost.clone());
+    struct F {
+        slot: Rc<RefCell<Option<Connector>>>,
+        lost: Rc<RefCell<Vec<String>>>,
+    }
+    impl ClientFactory for F {
+        fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+            Some(Box::new(DisconnectWhenMade {
+                connector: self.slot.clone(),
+                lost: self.lost.clone(),
+            }))
+        }
+        fn client_connection_lost(&mut self, _connector: &Connector, reason: CloseReason) {
+            self.lost.borrow_mut().push(format!("factory: {reason}"));
+        }
+    }
+    let connector = reactor.connect_tcp("127.0.0.1", port, F { slot: s, lost: l });
+    *slot.borrow_mut() = Some(connector);
+    let l = lost.clone();
+    run_until(&reactor, "the connection", move || !l.borrow().is_empty());
+    let (mut peer, _) = listener.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    run_for(&reactor, Duration::from_millis(100));
+    let mut buf = [0u8; 16];
+    let read = peer.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0)),
+        "the peer should see the client's FIN, got {read:?}"
+    );
+    drop(peer);
+    let l = lost.clone();
+    run_until(&reactor, "the connection to end", move || {
+        l.borrow().len() == 3
+    });
+    slot.borrow_mut().take();
+}

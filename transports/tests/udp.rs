@@ -949,3 +949,54 @@ fn multicast_group_and_interface_of_different_families_are_refused() {
         );
     }
 }
+
+/// Replies to the connected peer, then connects to another.
+struct ReplyThenReconnect {
+    next: SocketAddr,
+    done: Rc<Cell<bool>>,
+}
+
+impl DatagramProtocol for ReplyThenReconnect {
+    fn datagram_received(&mut self, t: &mut dyn DatagramTransport, _: &[u8], _: &Address) {
+        t.write(b"for the old peer").unwrap();
+        t.connect(&inet(self.next)).unwrap();
+        t.write(b"for the new peer").unwrap();
+        self.done.set(true);
+    }
+}
+
+/// A reply written to the connected peer inside `datagram_received` goes to that peer even
+/// when the protocol then connects elsewhere: it was batched until the callback returned and
+/// then sent to whichever peer was connected by then.
+#[test]
+fn a_reply_written_before_connect_goes_to_the_old_peer() {
+    let reactor = Reactor::new().unwrap();
+    let old = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let new = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&old, &new] {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+    }
+    let done = Rc::new(Cell::new(false));
+    let port = reactor
+        .listen_udp(
+            "127.0.0.1:0",
+            ReplyThenReconnect {
+                next: new.local_addr().unwrap(),
+                done: done.clone(),
+            },
+        )
+        .unwrap();
+    port.connect(&inet(old.local_addr().unwrap())).unwrap();
+    old.send_to(b"hello", port.local_address().socket_addr().unwrap())
+        .unwrap();
+    let d = done.clone();
+    run_until(&reactor, "the datagram", move || d.get());
+    let mut buf = [0u8; 64];
+    let at_old = old.recv(&mut buf).map(|n| buf[..n].to_vec());
+    assert_eq!(at_old.ok().as_deref(), Some(&b"for the old peer"[..]));
+    let at_new = new.recv(&mut buf).map(|n| buf[..n].to_vec());
+    assert_eq!(at_new.ok().as_deref(), Some(&b"for the new peer"[..]));
+    port.stop_listening();
+    run_for(&reactor, Duration::from_millis(10));
+}

@@ -579,3 +579,61 @@ fn stop_leaves_another_servers_socket_at_the_path() {
     );
     drop(theirs);
 }
+
+/// Datagrams queued for the connected peer while its queue was full still go to it after
+/// `connect` changes the peer (they went to the new one); later writes go to the new one.
+#[test]
+fn datagrams_queued_for_the_old_peer_still_go_to_it_after_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let capacity = kernel_capacity(dir.path());
+    let a_path = dir.path().join("a.sock");
+    let b_path = dir.path().join("b.sock");
+    let a = UnixDatagram::bind(&a_path).unwrap();
+    let b = UnixDatagram::bind(&b_path).unwrap();
+    let reactor = Reactor::new().unwrap();
+    let rec = dg_record();
+    let tx = reactor
+        .listen_unix_datagram(dir.path().join("tx.sock"), DgRecorder::new(&rec))
+        .unwrap();
+    tx.connect(&unix(&a_path)).unwrap();
+    let total = capacity + 3; // the last three wait in the transport's queue
+    for i in 0..total {
+        tx.write(&numbered(i)).unwrap();
+    }
+    tx.connect(&unix(&b_path)).unwrap();
+    tx.write(b"for b").unwrap();
+    let reader = Peer::spawn(move || {
+        a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 2 * SIZE];
+        let mut seqs = Vec::new();
+        while seqs.len() < total {
+            match a.recv(&mut buf) {
+                Ok(_) => seqs.push(u64::from_be_bytes(buf[..8].try_into().unwrap()) as usize),
+                Err(_) => break,
+            }
+        }
+        seqs
+    });
+    let done = reader.done_flag();
+    run_until(&reactor, "the old peer to read", move || {
+        done.load(Ordering::Acquire)
+    });
+    let seqs = reader.join();
+    assert_eq!(
+        seqs,
+        (0..total).collect::<Vec<_>>(),
+        "all reached the old peer"
+    );
+    run_for(&reactor, Duration::from_millis(50));
+    b.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2 * SIZE];
+    let n = b.recv(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"for b",
+        "the new peer gets what was written after connect"
+    );
+    assert!(b.recv(&mut buf).is_err(), "and nothing else");
+    tx.stop_listening();
+    run_for(&reactor, Duration::from_millis(10));
+}

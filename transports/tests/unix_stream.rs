@@ -616,3 +616,44 @@ fn a_port_starting_at_the_same_time_is_not_taken_for_a_stale_file() {
         result.map(|p| p.local_address())
     );
 }
+
+/// A factory that logs its events and calls `connect` from `started_connecting`.
+struct ConnectWhileStarting {
+    log: Rc<RefCell<Vec<String>>>,
+}
+
+impl ClientFactory for ConnectWhileStarting {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(Echo))
+    }
+    fn started_connecting(&mut self, connector: &Connector) {
+        self.log.borrow_mut().push("started".into());
+        // An attempt is in progress: this must be ignored.
+        connector.connect();
+    }
+    fn client_connection_failed(&mut self, _connector: &Connector, reason: CloseReason) {
+        self.log.borrow_mut().push(format!("failed: {reason}"));
+    }
+}
+
+/// `connect` is ignored while an attempt is in progress, even when that attempt then fails at
+/// once (a path with no socket): the call was deferred and judged when it ran, so it started
+/// a new attempt, whose `started_connecting` did the same, retrying for ever.
+#[test]
+fn connect_from_started_connecting_is_ignored_when_the_attempt_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let reactor = Reactor::new().unwrap();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let _connector = reactor.connect_unix(
+        dir.path().join("nobody.sock"),
+        ConnectWhileStarting { log: log.clone() },
+    );
+    run_for(&reactor, std::time::Duration::from_millis(100));
+    let log = log.borrow();
+    assert!(
+        log.len() == 2 && log[0] == "started" && log[1].starts_with("failed"),
+        "one attempt, one failure; got {} events, first {:?}",
+        log.len(),
+        &log[..log.len().min(4)]
+    );
+}
