@@ -92,9 +92,18 @@ pub struct DatagramOptions {
     pub recv_buffer_size: Option<usize>,
     /// `SO_SNDBUF` in bytes (`None`: the system default).
     pub send_buffer_size: Option<usize>,
-    /// Bytes of datagrams queued while the socket would block before new ones are dropped.
-    /// Default 1 MiB.
+    /// Bytes of datagrams queued while the socket would block before new ones are dropped,
+    /// each counted with its bookkeeping ([`QUEUE_ENTRY_OVERHEAD`] bytes), so that empty
+    /// datagrams cannot queue without bound. Default 1 MiB.
     pub max_queue_bytes: usize,
+}
+
+/// What a queued datagram costs against [`DatagramOptions::max_queue_bytes`] beyond its
+/// payload: the queue entry itself (buffer and destination address).
+pub const QUEUE_ENTRY_OVERHEAD: usize = std::mem::size_of::<(Vec<u8>, Option<SocketAddrAny>)>();
+
+fn queue_cost(data: &[u8]) -> usize {
+    data.len() + QUEUE_ENTRY_OVERHEAD
 }
 
 impl Default for DatagramOptions {
@@ -398,11 +407,11 @@ impl DatagramSocket {
         data: &[u8],
         to: Option<SocketAddrAny>,
     ) -> std::result::Result<(), DatagramError> {
-        if st.queued_bytes + data.len() > self.max_queue_bytes {
+        if st.queued_bytes + queue_cost(data) > self.max_queue_bytes {
             st.dropped += 1;
             return Err(DatagramError::QueueFull);
         }
-        st.queued_bytes += data.len();
+        st.queued_bytes += queue_cost(data);
         st.queue.push_back((data.to_vec(), to));
         Ok(())
     }
@@ -472,7 +481,7 @@ impl DatagramSocket {
             }
             progress = true;
             let (data, _) = st.queue.pop_front().expect("front exists");
-            st.queued_bytes -= data.len();
+            st.queued_bytes -= queue_cost(&data);
             drop(st);
             if let Err(e) = result {
                 tracing::debug!(local = %self.local, error = %e, "queued datagram not sent");

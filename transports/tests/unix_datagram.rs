@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use torsion_reactor::prelude::*;
 use torsion_reactor::{DatagramError, Error, MulticastInterface, UnixAddress};
-use torsion_transports::{DatagramOptions, DatagramPort, ReactorExt};
+use torsion_transports::{DatagramOptions, DatagramPort, ReactorExt, QUEUE_ENTRY_OVERHEAD};
 
 use util::{pattern, run_for, run_until, Peer, IO_TIMEOUT};
 
@@ -310,8 +310,9 @@ fn stale_file_is_replaced_live_one_is_not() {
 }
 
 const SIZE: usize = 256;
-/// Room for ten datagrams (and part of an eleventh, which must not fit).
-const QUEUE_BYTES: usize = 10 * SIZE + SIZE / 2;
+/// Room for ten datagrams with their bookkeeping (and part of an eleventh, which must not
+/// fit).
+const QUEUE_BYTES: usize = 10 * (SIZE + QUEUE_ENTRY_OVERHEAD) + SIZE / 2;
 const QUEUE_SLOTS: usize = 10;
 const ATTEMPTS: usize = 1_000;
 
@@ -462,6 +463,47 @@ fn bounded_queue_when_a_connected_receiver_stops_reading() {
 #[test]
 fn bounded_queue_when_an_addressed_receiver_stops_reading() {
     bounded_queue(false);
+}
+
+// Empty datagrams count against the queue's bound too: a sender writing nothing but empty
+// datagrams to a receiver that stopped reading is refused once the queue holds its bytes'
+// worth of entries (they queued without bound).
+#[test]
+fn empty_datagrams_fill_the_queue_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx_path = dir.path().join("rx.sock");
+    let _rx = UnixDatagram::bind(&rx_path).unwrap();
+    let reactor = Reactor::new().unwrap();
+    let limit = 64 * 1024;
+    let tx = reactor
+        .listen_unix_datagram_with(
+            dir.path().join("tx.sock"),
+            DgRecorder::new(&dg_record()),
+            DatagramOptions {
+                max_queue_bytes: limit,
+                ..DatagramOptions::default()
+            },
+        )
+        .unwrap();
+    tx.connect(&unix(&rx_path)).unwrap();
+    let mut accepted = 0;
+    let mut full = 0;
+    for _ in 0..100_000 {
+        match tx.write(b"") {
+            Ok(()) => accepted += 1,
+            Err(DatagramError::QueueFull) => full += 1,
+            Err(e) => panic!("expected Ok or QueueFull, got {e:?}"),
+        }
+    }
+    assert!(
+        full > 0,
+        "{accepted} empty datagrams accepted, none refused"
+    );
+    // What the kernel took, plus what fits the queue's bound.
+    assert!(
+        accepted <= 1_000 + limit / QUEUE_ENTRY_OVERHEAD,
+        "{accepted} accepted"
+    );
 }
 
 /// Ticks of CPU time used by the calling thread so far.
