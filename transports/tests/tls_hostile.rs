@@ -51,6 +51,15 @@ impl Protocol for Echo {
     }
 }
 
+/// An echoing recorder that does not pause.
+fn echo(log: &Shared) -> Echo {
+    Echo {
+        log: log.clone(),
+        echo: true,
+        pause_on_made: false,
+    }
+}
+
 fn certs() -> (tempfile::TempDir, DevCerts) {
     let dir = tempfile::tempdir().unwrap();
     let certs = tls::create_dev_certs(dir.path(), &[]).unwrap();
@@ -176,16 +185,7 @@ fn key_update_from_the_peer_mid_stream() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = Peer::connect(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::default(),
-    );
+    let mut p = Peer::connect(&mr, &c, echo(&log), MemoryOptions::default());
     p.handshake();
     p.send(b"one");
     p.pump_in();
@@ -204,16 +204,7 @@ fn key_update_one_byte_chunks() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = Peer::connect(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::chunked(1),
-    );
+    let mut p = Peer::connect(&mr, &c, echo(&log), MemoryOptions::chunked(1));
     p.handshake();
     p.conn.refresh_traffic_keys().unwrap();
     p.send(b"two");
@@ -226,16 +217,7 @@ fn flood_without_reading_is_bounded() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = Peer::connect(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::default(),
-    );
+    let mut p = Peer::connect(&mr, &c, echo(&log), MemoryOptions::default());
     p.handshake();
     let chunk = vec![7u8; 64 * 1024];
     let mut max = 0;
@@ -289,16 +271,7 @@ fn finished_data_close_notify_fin_in_one_read() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = Peer::connect(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::default(),
-    );
+    let mut p = Peer::connect(&mr, &c, echo(&log), MemoryOptions::default());
     p.until_finished();
     p.conn.writer().write_all(b"early").unwrap();
     p.conn.send_close_notify();
@@ -315,57 +288,32 @@ fn finished_data_close_notify_fin_in_one_read() {
     );
 }
 
-#[test]
-fn alert_mid_stream() {
+/// After the handshake the peer sends `bytes` (not a valid record): the connection fails with
+/// rustls's error.
+fn bad_record_after_handshake(bytes: &[u8]) {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = Peer::connect(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::default(),
-    );
+    let mut p = Peer::connect(&mr, &c, echo(&log), MemoryOptions::default());
     p.handshake();
-    // plaintext fatal alert after the handshake
-    p.st.feed(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+    p.st.feed(bytes);
     mr.advance(Duration::from_secs(10));
-    let e = lost_tls(&log);
     assert!(
-        matches!(e, Some(TlsError::Rustls(_))),
+        matches!(lost_tls(&log), Some(TlsError::Rustls(_))),
         "{:?}",
         log.borrow().lost
     );
 }
 
 #[test]
+fn alert_mid_stream() {
+    // A plaintext fatal alert.
+    bad_record_after_handshake(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+}
+
+#[test]
 fn oversized_record_mid_stream() {
-    let (_d, c) = certs();
-    let mr = MemoryReactor::new();
-    let log = Shared::default();
-    let mut p = Peer::connect(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::default(),
-    );
-    p.handshake();
-    p.st.feed(&[0x17, 0x03, 0x03, 0xff, 0xff, 1, 2, 3]);
-    mr.advance(Duration::from_secs(10));
-    let e = lost_tls(&log);
-    assert!(
-        matches!(e, Some(TlsError::Rustls(_))),
-        "{:?}",
-        log.borrow().lost
-    );
+    bad_record_after_handshake(&[0x17, 0x03, 0x03, 0xff, 0xff, 1, 2, 3]);
 }
 
 #[test]
@@ -373,16 +321,7 @@ fn reset_mid_record() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = Peer::connect(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::default(),
-    );
+    let mut p = Peer::connect(&mr, &c, echo(&log), MemoryOptions::default());
     p.handshake();
     p.conn.writer().write_all(b"hello").unwrap();
     let out = p.out();
@@ -401,16 +340,7 @@ fn stall_after_client_hello_times_out() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = Peer::connect(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::default(),
-    );
+    let mut p = Peer::connect(&mr, &c, echo(&log), MemoryOptions::default());
     p.until_finished();
     let out = p.out();
     p.st.feed(&out[..out.len() - 1]);
@@ -477,16 +407,7 @@ fn server_half_rtt_data_with_its_finished() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let log = Shared::default();
-    let mut p = Peer::serve(
-        &mr,
-        &c,
-        Echo {
-            log: log.clone(),
-            echo: true,
-            pause_on_made: false,
-        },
-        MemoryOptions::chunked(1),
-    );
+    let mut p = Peer::serve(&mr, &c, echo(&log), MemoryOptions::chunked(1));
     p.pump_in(); // ClientHello
     p.conn.writer().write_all(b"half-rtt").unwrap();
     p.pump_out();
