@@ -210,6 +210,11 @@ enum Swap {
         held: Vec<Held>,
         handles: Option<TransportHandle>,
     },
+    /// The layer took over with `redirect_handles` (its `connection_made` still runs).
+    Redirected(TransportHandle),
+    /// A layer took over: handles asked for from now on (by a port or connector, once
+    /// `connection_made` returned) reach it, as those taken before do.
+    Done(TransportHandle),
 }
 
 /// Replays held calls through `transport`.
@@ -340,7 +345,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
         let matches = match swap.as_deref() {
             Some(Swap::Pending { .. }) => pending,
             Some(Swap::Handover { .. }) => !pending,
-            None => false,
+            Some(Swap::Redirected(_) | Swap::Done(_)) | None => false,
         };
         matches.then(|| *swap.take().expect("checked"))
     }
@@ -367,6 +372,11 @@ impl<IO: StreamIo> StreamConnection<IO> {
                         *self.handles.borrow_mut() = h.downgrade();
                     }
                     replay(self, held);
+                }
+                let mut swap = self.swap.borrow_mut();
+                if let Some(Swap::Redirected(to)) = swap.as_deref_mut() {
+                    let to = to.clone();
+                    **swap.as_mut().expect("checked") = Swap::Done(to);
                 }
             }
             Err(msg) => {
@@ -499,6 +509,10 @@ impl<IO: StreamIo> StreamConnection<IO> {
             }
         }
         self.producer_panicked(result);
+        // The producer asked for a protocol swap (`wrap_protocol`) during its call.
+        if let Some(Swap::Pending { wrap, held }) = self.take_swap(true) {
+            self.swap_protocol(wrap, held);
+        }
     }
 
     /// Aborts the connection with [`CloseReason::Panic`] if a producer call panicked.
@@ -1059,10 +1073,15 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
 
     fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
         // One swap at a time (a layer's `connection_made` may not start another).
-        if self.is_closing() || self.swap.borrow().is_some() {
+        let swapping = !matches!(self.swap.borrow().as_deref(), None | Some(Swap::Done(_)));
+        if self.is_closing() || swapping {
             return false;
         }
-        if self.in_callback.get() {
+        // Inside a protocol callback, or a producer's (out of its slot while registered):
+        // applied once it returns, with the producer back in its slot for the layer to take.
+        let producer_running =
+            self.st.borrow().producer.is_some() && self.producer.borrow().is_none();
+        if self.in_callback.get() || producer_running {
             let held = Vec::new();
             *self.swap.borrow_mut() = Some(Box::new(Swap::Pending { wrap, held }));
         } else {
@@ -1084,13 +1103,25 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         let streaming = self.st.borrow().producer;
         let producer = self.producer.borrow_mut().take();
         if let (Some(streaming), Some(producer)) = (streaming, producer) {
-            self.st.borrow_mut().producer = None;
+            let mut st = self.st.borrow_mut();
+            st.producer = None;
+            // Already told to pause: registered again, it is not told a second time.
+            let paused =
+                streaming && st.producer_paused && st.pending & (PAUSE | PAUSE_PRODUCER) == 0;
+            drop(st);
             to.register_producer(producer, streaming);
+            if paused {
+                self.st.borrow_mut().pending &= !PAUSE_PRODUCER;
+            }
         }
+        *self.swap.borrow_mut() = Some(Box::new(Swap::Redirected(to.clone())));
         replay(&*to, held);
     }
 
     fn handle(&self) -> TransportHandle {
+        if let Some(Swap::Done(layer)) = self.swap.borrow().as_deref() {
+            return layer.clone();
+        }
         let mut shared = self.handles.borrow_mut();
         if let Some(handle) = TransportHandle::upgrade(&shared) {
             return handle;

@@ -188,7 +188,9 @@ pub trait Transport {
     /// now on; a registered producer is handed to `to` as well (so its pause and resume come
     /// from the layer). Handles the layer takes itself in `connection_made` stay on this
     /// connection: a layer must take its own handle there, not keep one from before the swap
-    /// (that one now leads back to the layer). Does nothing elsewhere.
+    /// (that one now leads back to the layer). Handles asked of this connection once the
+    /// layer's `connection_made` returned (a port's or connector's) reach `to` too. Does
+    /// nothing elsewhere.
     fn redirect_handles(&self, to: TransportHandle) {
         let _ = to;
     }

@@ -1551,3 +1551,41 @@ fn resuming_and_closing_inside_held_delivery_closes_cleanly() {
 fn pausing_again_inside_held_delivery_holds_the_close_notify_too() {
     held_data_then_close(true);
 }
+
+/// Upgrades at once, in `connection_made`.
+struct StartTlsAtOnce(ServerTlsConfig);
+
+impl Protocol for StartTlsAtOnce {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        assert!(tls::start_tls(t, TlsRole::Server(self.0.clone())));
+    }
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+}
+
+/// A handle taken once `connection_made` returned (as a port or connector takes its own, to
+/// close the connection on `stop` or `disconnect`) reaches TLS when the protocol upgraded in
+/// `connection_made`: what it writes is encrypted, and its close sends `close_notify` (it
+/// went to the bare stream: plaintext, and a FIN the client took for a truncation).
+#[test]
+fn a_handle_taken_after_start_tls_in_connection_made_reaches_tls() {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let cl = log();
+    let pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(Rec::new(&cl), &client_config(&c), "localhost").unwrap(),
+        StartTlsAtOnce(server_config(&c)),
+        MemoryOptions::default(),
+    );
+    mr.advance(Duration::from_secs(1));
+    assert!(cl.borrow().made, "handshake done");
+    pair.server.write(b"through the port's handle");
+    pair.server.lose_connection();
+    mr.advance(Duration::from_secs(1));
+    assert_eq!(cl.borrow().data, b"through the port's handle");
+    assert!(
+        cl.borrow().lost.as_ref().unwrap().is_clean(),
+        "{:?}",
+        cl.borrow().lost
+    );
+}
