@@ -146,6 +146,12 @@ struct State {
     /// The pull producer wrote nothing when last asked (a layer may hold its data, as TLS
     /// does during a handshake): it is asked again once something is written.
     pull_stalled: bool,
+    /// A write in the current protocol callback went to the socket: later ones in the same
+    /// callback are gathered in the buffer ...
+    callback_wrote: bool,
+    /// ... and `gathered` says the buffer holds such writes, to be written with one system
+    /// call when the callback returns ([`StreamConnection::flush_gathered`]).
+    gathered: bool,
     reason: Option<CloseReason>,
     close_timer: Option<DelayedCall>,
     /// The write-buffer limits: the configured watermarks until the protocol sets its own.
@@ -169,6 +175,10 @@ impl State {
         }
     }
 }
+
+/// How much a protocol callback's writes may gather before they are written anyway (one
+/// read's worth).
+const GATHER_LIMIT: usize = 64 * 1024;
 
 /// Writes `data` until all of it went out or the socket refuses (`WouldBlock`); returns how
 /// much it took. After a partial write the socket often has room again at once (the peer is
@@ -283,6 +293,8 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 scheduled: false,
                 writes: 0,
                 pull_stalled: false,
+                callback_wrote: false,
+                gathered: false,
                 reason: None,
                 close_timer: None,
                 high_watermark: config.high_watermark,
@@ -327,13 +339,17 @@ impl<IO: StreamIo> StreamConnection<IO> {
         self.in_callback.set(true);
         let mut me: &Self = self;
         let result = catch_unwind_message(|| f(&mut *protocol, &mut me));
-        self.in_callback.set(false);
         *self.protocol.borrow_mut() = Some(protocol);
         if let Err(msg) = result {
+            self.in_callback.set(false);
             tracing::error!(peer = %self.peer, panic = %msg, "protocol callback panicked; aborting this connection");
             self.finish(CloseReason::Panic(msg), true);
             return;
         }
+        // Still "in the callback": what the flush leads to (a pause, a close) is delivered by
+        // the caller after the callback, as for writes made inside it.
+        self.flush_gathered();
+        self.in_callback.set(false);
         if let Some(Swap::Pending { wrap, held }) = self.take_swap(true) {
             self.swap_protocol(wrap, held);
         }
@@ -394,6 +410,48 @@ impl<IO: StreamIo> StreamConnection<IO> {
         drop(st);
         if stalled {
             self.pull_again_if_drained();
+        }
+    }
+
+    /// Whether a write made now should be gathered rather than written: inside a protocol
+    /// callback that already wrote to the socket, with nothing else buffered. A protocol that
+    /// answers each of many small frames in one read (lines, say) then costs one system call
+    /// per read, not one per frame, while a single write per callback (an echo) still goes
+    /// straight to the socket without a copy. Marks the first write of the callback.
+    fn gathers(&self, st: &mut State) -> bool {
+        if st.gathered {
+            return true;
+        }
+        if !self.in_callback.get() || !st.wbuf.is_empty() {
+            return false;
+        }
+        if st.callback_wrote {
+            st.gathered = true;
+            return true;
+        }
+        st.callback_wrote = true;
+        false
+    }
+
+    /// Writes what the current callback gathered (see [`gathers`](Self::gathers)), or, past
+    /// [`GATHER_LIMIT`], what it gathered so far.
+    fn flush_gathered(&self) {
+        let mut st = self.st.borrow_mut();
+        st.callback_wrote = false;
+        if !std::mem::take(&mut st.gathered) || st.phase == Phase::Closed {
+            return;
+        }
+        if let Err(e) = self.write_out(&mut st) {
+            drop(st);
+            self.fail(e);
+            return;
+        }
+        if st.wbuf.is_empty() {
+            self.wrote_all(st);
+            self.progress_close();
+        } else {
+            drop(st);
+            self.buffered_more();
         }
     }
 
@@ -851,6 +909,14 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             return;
         }
         st.writes += 1;
+        if self.gathers(&mut st) {
+            st.wbuf.push(data);
+            if st.wbuf.len() >= GATHER_LIMIT {
+                drop(st);
+                self.flush_gathered();
+            }
+            return;
+        }
         if st.wbuf.is_empty() {
             let result = match self.io.borrow_mut().as_mut() {
                 Some(io) => write_until_refused(io, data),
@@ -884,6 +950,14 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             return;
         }
         st.writes += 1;
+        if self.gathers(&mut st) {
+            st.wbuf.push_vectored(bufs, 0);
+            if st.wbuf.len() >= GATHER_LIMIT {
+                drop(st);
+                self.flush_gathered();
+            }
+            return;
+        }
         let written = if st.wbuf.is_empty() {
             let result = match self.io.borrow_mut().as_mut() {
                 Some(io) => io.write_vectored(bufs),

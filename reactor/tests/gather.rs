@@ -1,0 +1,188 @@
+//! Writes gathered per callback: a protocol that answers each of many small frames in one
+//! read costs one system call per read, not one per frame, and a single write per callback
+//! still goes straight to the socket. Checked with a stream whose writes are counted.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+
+use torsion_reactor::prelude::*;
+use torsion_reactor::{
+    Address, ConnectionConfig, Interest, Readiness, Source, StreamConnection, StreamIo, UnixAddress,
+};
+
+/// What the test sees of the stream: bytes written, write calls, and room left in the
+/// "socket" (writes beyond it are refused with `WouldBlock`).
+#[derive(Default)]
+struct Wire {
+    input: RefCell<VecDeque<u8>>,
+    output: RefCell<Vec<u8>>,
+    write_calls: Cell<usize>,
+    largest_write: Cell<usize>,
+    room: Cell<usize>,
+}
+
+struct CountingIo(Rc<Wire>);
+
+impl StreamIo for CountingIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut input = self.0.input.borrow_mut();
+        if input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(input.len());
+        for (b, v) in buf.iter_mut().zip(input.drain(..n)) {
+            *b = v;
+        }
+        Ok(n)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_calls.set(self.0.write_calls.get() + 1);
+        self.0
+            .largest_write
+            .set(self.0.largest_write.get().max(buf.len()));
+        let n = buf.len().min(self.0.room.get());
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.0.room.set(self.0.room.get() - n);
+        self.0.output.borrow_mut().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        self.write(&all)
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn set_interest(&mut self, _interest: Interest) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn attach(&mut self, _source: Rc<dyn Source>) {}
+}
+
+/// Answers each line of a read with `per_line` writes of it (as a line protocol answering
+/// requests does), or with 0 echoes the whole read with one write.
+struct Answer {
+    per_line: usize,
+}
+
+impl Protocol for Answer {
+    fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+        if self.per_line == 0 {
+            return t.write(data);
+        }
+        for line in data.split_inclusive(|&b| b == b'\n') {
+            for _ in 0..self.per_line {
+                t.write(line);
+            }
+        }
+    }
+}
+
+fn connection(per_line: usize, room: usize) -> (Reactor, Rc<Wire>, Rc<dyn Source>) {
+    let reactor = Reactor::new().unwrap();
+    let wire = Rc::new(Wire::default());
+    wire.room.set(room);
+    let conn = StreamConnection::start(
+        &reactor,
+        CountingIo(wire.clone()),
+        Box::new(Answer { per_line }),
+        Address::Unix(UnixAddress::Unnamed),
+        Address::Unix(UnixAddress::Unnamed),
+        ConnectionConfig::default(),
+        None,
+    );
+    (reactor, wire, conn)
+}
+
+/// Hands `data` to the connection and lets it read until all of it was read.
+fn feed(wire: &Wire, source: &Rc<dyn Source>, data: &[u8]) {
+    wire.input.borrow_mut().extend(data.iter().copied());
+    for _ in 0..1000 {
+        if wire.input.borrow().is_empty() {
+            return;
+        }
+        source.ready(Readiness {
+            readable: true,
+            writable: false,
+        });
+    }
+    panic!("the connection stopped reading");
+}
+
+fn lines(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect()
+}
+
+#[test]
+fn many_answers_in_one_callback_take_two_writes() {
+    let (_reactor, wire, source) = connection(1, usize::MAX);
+    let input = lines(1000);
+    feed(&wire, &source, &input);
+    assert_eq!(*wire.output.borrow(), input, "every answer, in order");
+    assert_eq!(
+        wire.write_calls.get(),
+        2,
+        "the first answer goes out at once, the other 999 together when the callback returns"
+    );
+}
+
+#[test]
+fn one_write_per_callback_goes_straight_out() {
+    let (_reactor, wire, source) = connection(0, usize::MAX);
+    for i in 0..3 {
+        feed(&wire, &source, format!("read {i}\n").as_bytes());
+        assert_eq!(wire.write_calls.get(), i + 1, "one write call per echo");
+    }
+    assert_eq!(*wire.output.borrow(), b"read 0\nread 1\nread 2\n");
+}
+
+#[test]
+fn what_the_socket_does_not_take_stays_buffered_in_order() {
+    let input = lines(1000);
+    let (_reactor, wire, source) = connection(1, 100);
+    feed(&wire, &source, &input);
+    assert_eq!(
+        wire.output.borrow().len(),
+        100,
+        "the socket took what it had room for"
+    );
+    wire.room.set(usize::MAX);
+    source.ready(Readiness {
+        readable: false,
+        writable: true,
+    });
+    assert_eq!(*wire.output.borrow(), input, "the rest followed, in order");
+}
+
+#[test]
+fn gathering_is_bounded_within_a_callback() {
+    // Ten answers per line: each 64 KiB read is answered with 640 KiB in one callback, which
+    // goes out in pieces of about one read's worth, not all at the end.
+    let (_reactor, wire, source) = connection(10, usize::MAX);
+    let input = lines(20_000);
+    feed(&wire, &source, &input);
+    let out = wire.output.borrow();
+    assert_eq!(out.len(), 10 * input.len());
+    let largest = wire.largest_write.get();
+    assert!(
+        largest <= 64 * 1024 + 64,
+        "a write of {largest} bytes: gathering past its bound"
+    );
+    let calls = wire.write_calls.get();
+    assert!(
+        calls <= 2 * out.len() / (64 * 1024) + 2 * input.len() / (64 * 1024) + 4,
+        "{calls} write calls for {} bytes: not gathered",
+        out.len()
+    );
+}
