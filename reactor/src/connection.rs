@@ -227,6 +227,12 @@ enum Swap {
     Done(TransportHandle),
 }
 
+/// Whether a `lose_connection` or `lose_write_connection` is among the held calls.
+fn held_close(held: &[Held]) -> bool {
+    held.iter()
+        .any(|call| matches!(call, Held::Lose | Held::LoseWrite))
+}
+
 /// Replays held calls through `transport`.
 fn replay(transport: &dyn Transport, held: Vec<Held>) {
     for call in held {
@@ -394,12 +400,32 @@ impl<IO: StreamIo> StreamConnection<IO> {
                     let to = to.clone();
                     **swap.as_mut().expect("checked") = Swap::Done(to);
                 }
+                drop(swap);
+                self.eof_to_new_protocol();
             }
             Err(msg) => {
                 self.swap.borrow_mut().take();
                 tracing::error!(peer = %self.peer, panic = %msg, "protocol wrapper panicked; aborting this connection");
                 self.finish(CloseReason::Panic(msg), true);
             }
+        }
+    }
+
+    /// The peer's FIN came before the swap (and went to the old protocol, a swap asked for
+    /// in `read_connection_lost`, say): the new protocol is told as well, as on the FIN
+    /// itself (a layer such as TLS must learn that nothing more will arrive).
+    fn eof_to_new_protocol(&self) {
+        let st = self.st.borrow();
+        // Still pending: it reaches the new protocol anyway.
+        if !st.read_eof || st.phase != Phase::Open || st.pending & READ_LOST != 0 {
+            return;
+        }
+        let half_close = st.half_close;
+        drop(st);
+        if half_close {
+            self.add_pending(READ_LOST);
+        } else {
+            self.lose_connection();
         }
     }
 
@@ -455,14 +481,35 @@ impl<IO: StreamIo> StreamConnection<IO> {
         }
     }
 
-    /// While a swap is pending, keeps the call for the layer instead of making it.
+    /// While a swap is pending, keeps the call for the layer instead of making it (a write
+    /// after a held close is dropped, as it would be once closing).
     fn hold(&self, call: impl FnOnce() -> Held) -> bool {
         match self.swap.borrow_mut().as_deref_mut() {
             Some(Swap::Pending { held, .. }) => {
-                held.push(call());
+                let call = call();
+                if !(matches!(call, Held::Write(_)) && held_close(held)) {
+                    held.push(call);
+                }
                 true
             }
             _ => false,
+        }
+    }
+
+    /// What a pending swap holds: the bytes written, and whether a close is among the calls.
+    fn held(&self) -> (usize, bool) {
+        match self.swap.borrow().as_deref() {
+            Some(Swap::Pending { held, .. }) => {
+                let bytes = held
+                    .iter()
+                    .map(|call| match call {
+                        Held::Write(data) => data.len(),
+                        Held::Lose | Held::LoseWrite => 0,
+                    })
+                    .sum();
+                (bytes, held_close(held))
+            }
+            _ => (0, false),
         }
     }
 
@@ -1137,12 +1184,12 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn buffered(&self) -> usize {
-        self.st.borrow().wbuf.len()
+        self.st.borrow().wbuf.len() + self.held().0
     }
 
     fn is_closing(&self) -> bool {
         let st = self.st.borrow();
-        st.phase != Phase::Open || st.write_closing
+        st.phase != Phase::Open || st.write_closing || self.held().1
     }
 
     fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
@@ -1182,10 +1229,18 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             // Already told to pause: registered again, it is not told a second time.
             let paused =
                 streaming && st.producer_paused && st.pending & (PAUSE | PAUSE_PRODUCER) == 0;
+            // A pull producer is asked again when its chunk drained (or already is, or waits
+            // for a write after writing nothing): registered again, it is not asked at once.
+            let (pull_owed, stalled) = (st.pending & PULL != 0, st.pull_stalled);
             drop(st);
             to.register_producer(producer, streaming);
+            let mut st = self.st.borrow_mut();
             if paused {
-                self.st.borrow_mut().pending &= !PAUSE_PRODUCER;
+                st.pending &= !PAUSE_PRODUCER;
+            }
+            if !streaming && !pull_owed && st.producer == Some(false) {
+                st.pending &= !PULL;
+                st.pull_stalled = stalled;
             }
         }
         *self.swap.borrow_mut() = Some(Box::new(Swap::Redirected(to.clone())));

@@ -172,7 +172,20 @@ pub trait Transport {
     /// a layer that calls [`redirect_handles`](Transport::redirect_handles) from its
     /// `connection_made` receives both: the held writes go out through it (encrypted, for
     /// TLS), and the old handles reach it from then on. Without that call the held writes go
-    /// out as they are once the new protocol's `connection_made` returns.
+    /// out as they are once the new protocol's `connection_made` returns. Until the swap,
+    /// [`buffered`](Transport::buffered) counts the held writes, and
+    /// [`is_closing`](Transport::is_closing) is `true` once a close is held.
+    ///
+    /// If the peer's FIN already arrived (a swap asked for in `read_connection_lost`), the
+    /// new protocol is told too, after its `connection_made`: its `read_connection_lost`
+    /// runs (or, if it does not [`half_close`](crate::Protocol::half_close), the connection
+    /// closes), so a layer such as TLS knows nothing more will arrive. A layer that passes
+    /// events through should not hand this one on: the old protocol already had it.
+    ///
+    /// If `wrap` panics, the connection is aborted with
+    /// [`CloseReason::Panic`](crate::CloseReason::Panic) (the port's or connector's close
+    /// hook hears it); the old protocol, consumed by `wrap`, is dropped without
+    /// `connection_lost`.
     ///
     /// Returns `false` (and drops `wrap`) if the transport cannot swap, is closing, or already
     /// has a swap pending.

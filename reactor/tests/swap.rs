@@ -297,3 +297,213 @@ fn a_swap_from_read_connection_lost() {
     assert!(st.fin_received());
     assert!(st.lost().is_some(), "{:?}", log.borrow());
 }
+
+/// Half-close; asks for the layer when the peer's FIN arrives, and does not close.
+struct UpOnEofOpen {
+    log: Log,
+    upgraded: bool,
+}
+
+impl Protocol for UpOnEofOpen {
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    fn half_close(&self) -> bool {
+        true
+    }
+    fn read_connection_lost(&mut self, t: &mut dyn Transport) {
+        push(&self.log, "old read_connection_lost");
+        if !self.upgraded {
+            self.upgraded = true;
+            assert!(t.wrap_protocol(Layer::wrapper(&self.log)));
+        }
+    }
+}
+
+/// A layer installed after the peer's FIN (delivered to the old protocol) is told of it too,
+/// after its `connection_made`: its read side is closed as well.
+#[test]
+fn a_layer_installed_after_the_peers_fin_is_told_of_it() {
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let proto = UpOnEofOpen {
+        log: log.clone(),
+        upgraded: false,
+    };
+    let st = StringTransport::connect(&mr, proto);
+    st.feed_eof();
+    assert_eq!(count(&log, "layer made"), 1);
+    assert_eq!(
+        count(&log, "layer read_connection_lost"),
+        1,
+        "{:?}",
+        log.borrow()
+    );
+    let made = log.borrow().iter().position(|e| e == "layer made");
+    let told = log
+        .borrow()
+        .iter()
+        .position(|e| e == "layer read_connection_lost");
+    assert!(made < told, "{:?}", log.borrow());
+}
+
+/// A layer that does not half-close, installed after the peer's FIN: the connection closes,
+/// as it would for such a protocol on the FIN.
+#[test]
+fn a_layer_without_half_close_installed_after_the_peers_fin_closes() {
+    struct Plain(Box<dyn Protocol>);
+    impl Protocol for Plain {
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+        fn connection_lost(&mut self, r: CloseReason) {
+            self.0.connection_lost(r)
+        }
+    }
+    struct Up;
+    impl Protocol for Up {
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+        fn half_close(&self) -> bool {
+            true
+        }
+        fn read_connection_lost(&mut self, t: &mut dyn Transport) {
+            assert!(t.wrap_protocol(Box::new(|old| Box::new(Plain(old)))));
+        }
+    }
+    let mr = MemoryReactor::new();
+    let st = StringTransport::connect(&mr, Up);
+    st.feed_eof();
+    assert!(st.fin_received());
+    assert!(
+        matches!(st.lost(), Some(CloseReason::Done)),
+        "{:?}",
+        st.lost()
+    );
+}
+
+/// Records its `connection_lost` and its drop.
+struct Dropped(Log);
+
+impl Protocol for Dropped {
+    fn data_received(&mut self, t: &mut dyn Transport, _: &[u8]) {
+        assert!(t.wrap_protocol(Box::new(|_old| panic!("wrapper failed"))));
+    }
+    fn connection_lost(&mut self, _: CloseReason) {
+        push(&self.0, "old connection_lost");
+    }
+}
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        push(&self.0, "old dropped");
+    }
+}
+
+/// A wrapper that panics aborts the connection with `Panic` (the port's or connector's hook
+/// hears it); the protocol it consumed is dropped with it, without `connection_lost`.
+#[test]
+fn a_panicking_wrapper_aborts_the_connection() {
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let st = StringTransport::connect(&mr, Dropped(log.clone()));
+    st.feed(b"x");
+    assert!(
+        matches!(st.lost(), Some(CloseReason::Panic(ref m)) if m.contains("wrapper failed")),
+        "{:?}",
+        st.lost()
+    );
+    assert!(st.reset_received());
+    assert_eq!(*log.borrow(), vec!["old dropped".to_owned()]);
+}
+
+/// Checks `buffered` and `is_closing` between `wrap_protocol` and the swap.
+struct Truthful(Log);
+
+impl Protocol for Truthful {
+    fn data_received(&mut self, t: &mut dyn Transport, _: &[u8]) {
+        assert!(t.wrap_protocol(Layer::wrapper(&self.0)));
+        t.write(b"abc");
+        push(&self.0, &format!("buffered {}", t.buffered()));
+        push(&self.0, &format!("closing {}", t.is_closing()));
+        t.lose_connection();
+        push(&self.0, &format!("closing {}", t.is_closing()));
+        t.write(b"ignored");
+        push(&self.0, &format!("buffered {}", t.buffered()));
+    }
+}
+
+/// Between `wrap_protocol` and the swap, `buffered` counts the held writes and `is_closing`
+/// is true after a held `lose_connection` (and writes after it are ignored, as they are then).
+#[test]
+fn held_writes_and_close_are_seen_by_buffered_and_is_closing() {
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let st = StringTransport::connect(&mr, Truthful(log.clone()));
+    st.feed(b"x");
+    let got: Vec<String> = log
+        .borrow()
+        .iter()
+        .filter(|e| !e.starts_with("layer"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        got,
+        ["buffered 3", "closing false", "closing true", "buffered 3"]
+    );
+    assert_eq!(st.take(), b"[abc]");
+    assert!(st.fin_received());
+}
+
+/// A pull producer that writes 100 bytes each time it is asked (through a handle).
+struct Chunks {
+    log: Log,
+    t: TransportHandle,
+}
+
+impl Producer for Chunks {
+    fn resume_producing(&mut self) {
+        push(&self.log, "producer resume");
+        self.t.write(&[b'x'; 100]);
+    }
+}
+
+struct RegistersChunks(Log);
+
+impl Protocol for RegistersChunks {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        let p = Chunks {
+            log: self.0.clone(),
+            t: t.handle(),
+        };
+        t.register_producer(Box::new(p), false);
+    }
+    fn data_received(&mut self, t: &mut dyn Transport, d: &[u8]) {
+        if d == b"UP" {
+            assert!(t.wrap_protocol(Layer::wrapper(&self.0)));
+        }
+    }
+}
+
+/// A pull producer handed to the layer while its chunk still waits in the buffer is not asked
+/// again until the buffer drained.
+#[test]
+fn a_pull_producer_handed_over_is_asked_only_once_the_buffer_drained() {
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let options = MemoryOptions {
+        capacity: 16,
+        ..MemoryOptions::default()
+    };
+    let st = StringTransport::with_options(&mr, RegistersChunks(log.clone()), options);
+    assert_eq!(count(&log, "producer resume"), 1);
+    st.feed(b"UP");
+    assert_eq!(count(&log, "layer register_producer"), 1);
+    assert_eq!(
+        count(&log, "producer resume"),
+        1,
+        "asked while its chunk is buffered: {:?}",
+        log.borrow()
+    );
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        got.extend(st.take());
+    }
+    assert_eq!(got[..100], [b'x'; 100]);
+    assert_eq!(count(&log, "producer resume"), 2, "{:?}", log.borrow());
+}

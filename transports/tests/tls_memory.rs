@@ -1589,3 +1589,55 @@ fn a_handle_taken_after_start_tls_in_connection_made_reaches_tls() {
         cl.borrow().lost
     );
 }
+
+/// Half-close; upgrades to TLS (in `role`) once the peer's FIN arrived.
+struct StartTlsOnEof {
+    log: Shared,
+    role: Option<TlsRole>,
+}
+
+impl Protocol for StartTlsOnEof {
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    fn half_close(&self) -> bool {
+        true
+    }
+    fn read_connection_lost(&mut self, t: &mut dyn Transport) {
+        if let Some(role) = self.role.take() {
+            assert!(tls::start_tls(t, role));
+        }
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.log.borrow_mut().lost = Some(reason);
+    }
+}
+
+/// `start_tls` after the peer's FIN: no handshake can complete, and the upgrade fails at
+/// once (the layer is told of the FIN), not at the handshake timeout.
+#[test]
+fn start_tls_after_the_peers_fin_fails_at_once() {
+    let (_d, c) = certs(&[]);
+    let mr = MemoryReactor::new();
+    let roles = [
+        TlsRole::Server(server_config(&c)),
+        TlsRole::Client {
+            config: client_config(&c),
+            server_name: "localhost".into(),
+        },
+    ];
+    for role in roles {
+        let l = log();
+        let st = StringTransport::connect(
+            &mr,
+            StartTlsOnEof {
+                log: l.clone(),
+                role: Some(role),
+            },
+        );
+        st.feed_eof();
+        mr.advance(Duration::from_millis(100));
+        let err = tls_error(&l.borrow().lost);
+        assert!(matches!(err, TlsError::HandshakeEof), "{err}");
+        st.take(); // a client's ClientHello
+        assert!(st.fin_received());
+    }
+}
