@@ -43,11 +43,12 @@ enum CertsCommand {
     /// written with mode 0600. Serve with
     /// `torsion serve echo --listen tls:8443:certKey=DIR/server.pem:privateKey=DIR/server-key.pem`.
     Create {
-        /// Directory to write into (created if missing).
+        /// Directory to write into (created if missing; files of these names in it are
+        /// overwritten).
         #[arg(long)]
         dir: std::path::PathBuf,
-        /// A name or address the server certificate is valid for (repeatable; default
-        /// localhost, 127.0.0.1 and ::1).
+        /// A name, wildcard (*.example.test) or address the server certificate is valid for
+        /// (repeatable; default localhost, 127.0.0.1 and ::1).
         #[arg(long = "host")]
         hosts: Vec<String>,
     },

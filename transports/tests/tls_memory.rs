@@ -1641,3 +1641,84 @@ fn start_tls_after_the_peers_fin_fails_at_once() {
         assert!(st.fin_received());
     }
 }
+
+#[test]
+fn client_certificate_from_another_dev_ca_is_an_unknown_issuer() {
+    // Two `certs create` runs: the client presents the other run's certificate. Both CAs used
+    // to share one name, so the server took the foreign certificate for one of its CA's with
+    // a bad signature (and the client heard decrypt_error).
+    let (_d, c) = certs(&[]);
+    let (_d2, other) = certs(&[]);
+    let client = ClientTlsConfig::builder()
+        .ca_file(&c.ca_cert)
+        .unwrap()
+        .client_certificate_pem_files(&other.client_cert, &other.client_key)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mr = MemoryReactor::new();
+    let (cl, sl) = (log(), log());
+    let _pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(Rec::greeting(&cl, b"ping", 4), &client, "localhost").unwrap(),
+        TlsProtocol::server(Rec::echo(&sl), &mtls_server(&c)),
+        MemoryOptions::default(),
+    );
+    mr.run_until_idle();
+    assert!(!sl.borrow().made);
+    let err = tls_error(&sl.borrow().lost);
+    assert!(
+        matches!(
+            err.certificate_error(),
+            Some(CertificateError::UnknownIssuer)
+        ),
+        "{err}"
+    );
+    let err = tls_error(&cl.borrow().lost);
+    assert!(
+        matches!(
+            err.rustls_error(),
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA
+            ))
+        ),
+        "{err}"
+    );
+    assert!(cl.borrow().data.is_empty());
+}
+
+#[test]
+fn server_certificate_from_another_dev_ca_is_an_unknown_issuer() {
+    let (_d, c) = certs(&[]);
+    let (_d2, other) = certs(&[]);
+    let err = client_rejects(server_config(&other), client_config(&c), "localhost");
+    assert!(
+        matches!(
+            err.certificate_error(),
+            Some(CertificateError::UnknownIssuer)
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn wildcard_dev_certificate_covers_a_subdomain() {
+    let (_d, c) = certs(&["*.example.test"]);
+    let mr = MemoryReactor::new();
+    let (cl, sl) = (log(), log());
+    let _pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(
+            Rec::greeting(&cl, b"ping", 4),
+            &client_config(&c),
+            "api.example.test",
+        )
+        .unwrap(),
+        TlsProtocol::server(Rec::echo(&sl), &server_config(&c)),
+        MemoryOptions::default(),
+    );
+    mr.run_until_idle();
+    assert_eq!(cl.borrow().data, b"ping");
+    let err = client_rejects(server_config(&c), client_config(&c), "example.test");
+    assert!(err.certificate_error().is_some(), "{err}");
+}

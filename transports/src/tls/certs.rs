@@ -57,8 +57,8 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
         .map_err(|e| Error::io(&context, e))
 }
 
-/// Creates a development CA, a server certificate for `hosts` (DNS names or IP addresses;
-/// empty means [`DEFAULT_DEV_HOSTS`]) and a client certificate, all signed by the CA, and
+/// Creates a development CA, a server certificate for `hosts` (DNS names, wildcards such as
+/// `*.example.test`, or IP addresses; empty means [`DEFAULT_DEV_HOSTS`]) and a client certificate, all signed by the CA, and
 /// writes them into `dir` (created if missing) as `ca.pem`, `server.pem` (chain),
 /// `server-key.pem`, `client.pem` (chain) and `client-key.pem`. Keys are ECDSA P-256 in
 /// PKCS#8 PEM, readable only by the owner (0600). Existing files are overwritten.
@@ -71,10 +71,12 @@ pub fn create_dev_certs(dir: &Path, hosts: &[String]) -> Result<DevCerts> {
     } else {
         hosts.to_vec()
     };
-    if let Some(bad) = hosts
-        .iter()
-        .find(|h| rustls_pki_types::ServerName::try_from(h.as_str()).is_err())
-    {
+    // A wildcard (`*.example.com`) covers the names one label below a DNS name.
+    let valid = |h: &str| match h.strip_prefix("*.") {
+        Some(rest) => rustls_pki_types::DnsName::try_from(rest).is_ok(),
+        None => rustls_pki_types::ServerName::try_from(h).is_ok(),
+    };
+    if let Some(bad) = hosts.iter().find(|h| !valid(h)) {
         return Err(Error::io(
             format!("make a certificate for '{bad}'"),
             io::Error::new(
@@ -90,9 +92,16 @@ pub fn create_dev_certs(dir: &Path, hosts: &[String]) -> Result<DevCerts> {
         CertificateParams::new(Vec::<String>::new()).map_err(|e| rcgen_error("CA", e))?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name = DistinguishedName::new();
+    // A name of its own: verifiers find a certificate's issuer by name, so a certificate from
+    // another development CA must not look like one from this CA (it would fail with a bad
+    // signature instead of an unknown issuer), and stores that hold both must tell them apart.
+    let id: String = ca_key.public_key_raw()[1..9]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "torsion development CA");
+        .push(DnType::CommonName, format!("torsion development CA {id}"));
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,

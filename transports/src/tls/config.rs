@@ -88,7 +88,56 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// KEY`) or EC (`EC PRIVATE KEY`).
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let context = format!("read private key from {}", path.display());
-    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(&context, e))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        if !matches!(e, rustls_pki_types::pem::Error::Io(_)) && is_encrypted_key(path) {
+            return invalid(
+                context.as_str(),
+                "encrypted private keys are not supported; decrypt it first \
+                 (openssl pkey -in KEY.pem -out KEY-plain.pem)",
+            );
+        }
+        pem_error(&context, e)
+    })
+}
+
+/// Whether a key file that did not load holds a password-protected key: PKCS#8 `ENCRYPTED
+/// PRIVATE KEY` or a legacy OpenSSL key with a `Proc-Type: 4,ENCRYPTED` header.
+fn is_encrypted_key(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        let text = String::from_utf8_lossy(&bytes);
+        text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || text.contains("Proc-Type: 4,ENCRYPTED")
+    })
+}
+
+/// The error of a certificate chain and key rustls refused, saying what a mismatch means.
+fn cert_key_error(context: &str, e: rustls::Error) -> Error {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => invalid(
+            context,
+            "the private key does not match the certificate (the key must belong to the \
+             first certificate of the chain file: the leaf first, then intermediates)",
+        ),
+        other => invalid(context, other),
+    }
+}
+
+/// Rejects ALPN protocol names TLS cannot carry (empty, or longer than 255 bytes), which
+/// rustls would otherwise only trip over during a handshake.
+fn check_alpn(context: &str, protocols: &[Vec<u8>]) -> Result<()> {
+    match protocols.iter().find(|p| p.is_empty() || p.len() > 255) {
+        Some(bad) => Err(Error::io(
+            context,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "ALPN protocol names must be 1 to 255 bytes long (got one of {} bytes)",
+                    bad.len()
+                ),
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn pem_error(context: &str, e: rustls_pki_types::pem::Error) -> Error {
@@ -299,6 +348,7 @@ impl ServerTlsConfigBuilder {
     /// Builds the configuration; fails if the key does not match the certificate or is of
     /// an unsupported type.
     pub fn build(self) -> Result<ServerTlsConfig> {
+        check_alpn("TLS server configuration", &self.alpn)?;
         let provider = provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -320,7 +370,7 @@ impl ServerTlsConfigBuilder {
         };
         let mut config = builder
             .with_single_cert(self.chain, self.key)
-            .map_err(|e| invalid("TLS server certificate and key", e))?;
+            .map_err(|e| cert_key_error("TLS server certificate and key", e))?;
         config.alpn_protocols = self.alpn;
         if self.resumption {
             config.ticketer = rustls::crypto::ring::Ticketer::new()
@@ -546,9 +596,15 @@ impl ClientTlsConfigBuilder {
     }
 
     /// Trusts the CA certificates of a PEM file.
-    pub fn ca_file(self, ca: &Path) -> Result<Self> {
+    pub fn ca_file(mut self, ca: &Path) -> Result<Self> {
         let certs = load_certificates(ca)?;
-        self.ca_certificates(certs)
+        let roots = self.roots.get_or_insert_with(RootCertStore::empty);
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| invalid(format!("add CA from {}", ca.display()), e))?;
+        }
+        Ok(self)
     }
 
     /// Trusts these CA certificates.
@@ -627,6 +683,7 @@ impl ClientTlsConfigBuilder {
 
     /// Builds the configuration.
     pub fn build(self) -> Result<ClientTlsConfig> {
+        check_alpn("TLS client configuration", &self.alpn)?;
         let provider = provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -645,7 +702,7 @@ impl ClientTlsConfigBuilder {
         let mut config = match self.client_cert {
             Some((chain, key)) => builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| invalid("TLS client certificate and key", e))?,
+                .map_err(|e| cert_key_error("TLS client certificate and key", e))?,
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = self.alpn;
