@@ -3,7 +3,13 @@
 //! # Back-pressure
 //!
 //! A transport writes to the socket at once when it can and buffers what the socket does
-//! not take. When the buffer rises above the **high watermark** (64 KiB by default,
+//! not take. Within one protocol callback, only the first write goes straight to the socket;
+//! the later ones are gathered and written together when the callback returns (or once
+//! 64 KiB are gathered), so a protocol answering each of many small frames in one read costs
+//! one system call per read, not one per frame, while an echo's single write per read is
+//! never copied. Writes from outside callbacks (timers, handles, producers) go out at once.
+//! Watermark notices caused by gathered writes come after the callback, as for any write
+//! made inside one. When the buffer rises above the **high watermark** (64 KiB by default,
 //! [`ConnectionConfig`](crate::reactor::ConnectionConfig)), the protocol's
 //! [`pause_producing`](crate::Protocol::pause_producing) runs; once it is back at or below the
 //! **low watermark** (16 KiB) [`resume_producing`](crate::Protocol::resume_producing) runs. The default

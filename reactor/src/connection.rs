@@ -473,7 +473,13 @@ impl<IO: StreamIo> StreamConnection<IO> {
             return;
         }
         if st.wbuf.is_empty() {
+            // Limits lowered in the callback may have counted the gathered bytes and queued
+            // a pause: now they are out, it is cancelled (nothing else would resume).
+            let flag = st.watermark_flag();
             self.wrote_all(st);
+            if flag != 0 {
+                self.add_pending(flag);
+            }
             self.progress_close();
         } else {
             drop(st);
@@ -529,7 +535,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
             }
         }
         st.pending |= flag;
-        if self.in_callback.get() || st.scheduled {
+        if self.in_callback.get() || st.scheduled || st.pending == 0 {
             return; // delivered when the current callback returns, or already scheduled
         }
         st.scheduled = true;
@@ -1207,6 +1213,9 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             *self.swap.borrow_mut() = Some(Box::new(Swap::Pending { wrap, held }));
         } else {
             self.swap_protocol(wrap, Vec::new());
+            // Outside any callback, nobody delivers what the layer's `connection_made` queued
+            // (a pause, `connection_lost`): scheduled here.
+            self.add_pending(0);
         }
         true
     }

@@ -230,3 +230,59 @@ fn eof_while_paused_then_resume() {
     );
     assert_eq!(log.borrow().clone(), ["data 5", "lost Done"]);
 }
+
+/// Limits lowered inside a callback whose later writes were gathered (written when it
+/// returns): those bytes leave at once, so the protocol is not left paused over an empty
+/// buffer (no resume would ever follow).
+#[test]
+fn limits_lowered_after_gathered_writes_do_not_leave_the_protocol_paused() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let p = P {
+        log: log.clone(),
+        half: false,
+        on_data: Some(Box::new(|t, _| {
+            t.write(b"first");
+            t.write(&[2u8; 100]); // gathered
+            t.set_write_buffer_limits(50, 20).unwrap();
+        })),
+    };
+    let st = StringTransport::connect(&mr, p);
+    st.feed(b"a");
+    assert_eq!(st.take().len(), 105);
+    assert_eq!(st.transport().buffered(), 0);
+    let f = flow(&log);
+    assert_ne!(
+        f.last().map(String::as_str),
+        Some("pause"),
+        "paused over an empty buffer: {f:?}"
+    );
+}
+
+/// Writes past the high watermark in one callback, the later ones gathered: the protocol is
+/// paused once, after the callback, and resumed once the peer read.
+#[test]
+fn gathered_writes_past_the_high_watermark_pause_once() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let p = P {
+        log: log.clone(),
+        half: false,
+        on_data: Some(Box::new(|t, _| {
+            t.write(b"first");
+            for _ in 0..4 {
+                t.write(&[7u8; 10]); // gathered
+            }
+            assert_eq!(t.buffered(), 40, "the gathered bytes count as buffered");
+        })),
+    };
+    let st = StringTransport::with_options(&mr, p, opts(10, 20, 5));
+    st.feed(b"a");
+    assert_eq!(log.borrow().clone(), ["data 1", "pause"]);
+    let mut out = Vec::new();
+    for _ in 0..10 {
+        out.extend(st.take());
+    }
+    assert_eq!(out.len(), 45);
+    assert_eq!(flow(&log), ["pause", "resume"]);
+}

@@ -9,7 +9,8 @@ use std::rc::Rc;
 
 use torsion_reactor::prelude::*;
 use torsion_reactor::{
-    Address, ConnectionConfig, Interest, Readiness, Source, StreamConnection, StreamIo, UnixAddress,
+    Address, CloseReason, ConnectionConfig, Interest, Readiness, Source, StreamConnection,
+    StreamIo, UnixAddress,
 };
 
 /// What the test sees of the stream: bytes written, write calls, and room left in the
@@ -21,6 +22,8 @@ struct Wire {
     write_calls: Cell<usize>,
     largest_write: Cell<usize>,
     room: Cell<usize>,
+    /// Writes after this many calls fail with a broken pipe (0: never).
+    fail_after: Cell<usize>,
 }
 
 struct CountingIo(Rc<Wire>);
@@ -40,6 +43,10 @@ impl StreamIo for CountingIo {
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write_calls.set(self.0.write_calls.get() + 1);
+        let fail_after = self.0.fail_after.get();
+        if fail_after != 0 && self.0.write_calls.get() > fail_after {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
         self.0
             .largest_write
             .set(self.0.largest_write.get().max(buf.len()));
@@ -185,4 +192,122 @@ fn gathering_is_bounded_within_a_callback() {
         "{calls} write calls for {} bytes: not gathered",
         out.len()
     );
+}
+
+/// The socket breaks when the gathered writes go out: the connection is lost once, after
+/// the callback, with the error.
+#[test]
+fn an_error_writing_the_gathered_bytes_loses_the_connection_once() {
+    let reactor = Reactor::new().unwrap();
+    let wire = Rc::new(Wire::default());
+    wire.room.set(usize::MAX);
+    wire.fail_after.set(1);
+    let lost: Rc<RefCell<Vec<CloseReason>>> = Default::default();
+    let l = lost.clone();
+    let source: Rc<dyn Source> = StreamConnection::start(
+        &reactor,
+        CountingIo(wire.clone()),
+        Box::new(Answer { per_line: 1 }),
+        Address::Unix(UnixAddress::Unnamed),
+        Address::Unix(UnixAddress::Unnamed),
+        ConnectionConfig::default(),
+        Some(Box::new(move |r: &CloseReason| {
+            l.borrow_mut().push(r.clone())
+        })),
+    );
+    feed(&wire, &source, &lines(10));
+    assert_eq!(
+        *wire.output.borrow(),
+        b"line 0\n",
+        "the first answer went out"
+    );
+    assert_eq!(
+        wire.write_calls.get(),
+        2,
+        "then one gathered write, which failed"
+    );
+    let lost = lost.borrow();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(matches!(&lost[0], CloseReason::Reset), "{lost:?}");
+}
+
+mod on_the_test_kit {
+    //! What follows gathered writes in the same callback: a close sends FIN after them, an
+    //! abort or a panic drops them, and a protocol swap sends them before the layer's bytes.
+
+    use torsion_reactor::testing::{MemoryReactor, StringTransport};
+    use torsion_reactor::{CloseReason, Protocol, Transport};
+
+    type Action = fn(&mut dyn Transport);
+
+    struct ThreeThen(Action);
+
+    impl Protocol for ThreeThen {
+        fn data_received(&mut self, t: &mut dyn Transport, _: &[u8]) {
+            t.write(b"one ");
+            t.write(b"two ");
+            t.write(b"three");
+            (self.0)(t);
+        }
+    }
+
+    fn run(then: Action) -> (Vec<u8>, StringTransport) {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::connect(&mr, ThreeThen(then));
+        st.feed(b"go");
+        (st.take(), st)
+    }
+
+    #[test]
+    fn lose_connection_sends_fin_after_the_gathered_bytes() {
+        let (out, st) = run(|t| t.lose_connection());
+        assert_eq!(out, b"one two three");
+        assert!(st.fin_received());
+    }
+
+    #[test]
+    fn lose_write_connection_sends_fin_after_the_gathered_bytes() {
+        let (out, st) = run(|t| t.lose_write_connection());
+        assert_eq!(out, b"one two three");
+        assert!(st.fin_received());
+        assert!(st.lost().is_none());
+    }
+
+    #[test]
+    fn abort_drops_the_gathered_bytes() {
+        let (out, st) = run(|t| t.abort_connection());
+        assert_eq!(out, b"one ", "only the first write went out");
+        assert!(st.reset_received());
+        assert!(matches!(st.lost(), Some(CloseReason::Aborted)));
+    }
+
+    #[test]
+    fn a_panic_drops_the_gathered_bytes() {
+        let (out, st) = run(|_| panic!("after gathered writes"));
+        assert_eq!(out, b"one ", "only the first write went out");
+        assert!(st.reset_received());
+        assert!(matches!(st.lost(), Some(CloseReason::Panic(_))));
+    }
+
+    /// A layer that writes a greeting when installed and nothing else.
+    struct Greeting;
+
+    impl Protocol for Greeting {
+        fn connection_made(&mut self, t: &mut dyn Transport) {
+            t.write(b"<layer>");
+            t.write(b"</layer>");
+        }
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+
+    #[test]
+    fn bytes_gathered_before_a_swap_go_out_before_the_layers() {
+        let (out, _st) = run(|t| {
+            assert!(t.wrap_protocol(Box::new(|_old| Box::new(Greeting))));
+            t.write(b" held");
+        });
+        // The held write is replayed through the connection after the layer's
+        // `connection_made` (this layer does not take over).
+        assert_eq!(out, b"one two three<layer></layer> held");
+    }
 }

@@ -507,3 +507,40 @@ fn a_pull_producer_handed_over_is_asked_only_once_the_buffer_drained() {
     assert_eq!(got[..100], [b'x'; 100]);
     assert_eq!(count(&log, "producer resume"), 2, "{:?}", log.borrow());
 }
+
+/// A layer whose `connection_made` aborts.
+struct AbortingLayer(Log);
+
+impl Protocol for AbortingLayer {
+    fn connection_made(&mut self, raw: &mut dyn Transport) {
+        raw.abort_connection();
+    }
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    fn connection_lost(&mut self, r: CloseReason) {
+        push(&self.0, &format!("layer lost {r:?}"));
+    }
+}
+
+/// A swap made outside any callback (from a timer, through a handle): what the layer's
+/// `connection_made` leads to (here `connection_lost`) is still delivered.
+#[test]
+fn a_swap_from_outside_callbacks_delivers_what_the_layer_caused() {
+    struct Idle;
+    impl Protocol for Idle {
+        fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    }
+    let mr = MemoryReactor::new();
+    let log = Log::default();
+    let st = StringTransport::connect(&mr, Idle);
+    let l = log.clone();
+    assert!(st
+        .transport()
+        .wrap_protocol(Box::new(move |_old| Box::new(AbortingLayer(l)))));
+    mr.run_until_idle();
+    assert_eq!(count(&log, "layer lost Aborted"), 1, "{:?}", log.borrow());
+    assert!(
+        matches!(st.lost(), Some(CloseReason::Aborted)),
+        "{:?}",
+        st.lost()
+    );
+}
