@@ -302,8 +302,15 @@ impl Listener {
 
 impl Source for Listener {
     fn reactor_dropped(&self) {
-        drop(self.reg.borrow_mut().take());
-        self.conns.borrow_mut().slots.clear();
+        // The socket closes here, so `stop_listening` can no longer tell the port is open:
+        // remove its socket file now (no user callback runs) or it would be left behind.
+        if self.reg.borrow_mut().take().is_some() {
+            if let Some(file) = &self.unlink_on_stop {
+                file.remove();
+            }
+        }
+        // Every accepted connection is closed by the reactor too.
+        *self.conns.borrow_mut() = Connections::default();
     }
 
     fn ready(&self, _readiness: Readiness) {

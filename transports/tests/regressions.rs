@@ -36,3 +36,28 @@ fn dropping_the_reactor_closes_its_client_connections() {
     assert_eq!(n, 0, "the peer sees the connection closed");
     drop(connector);
 }
+
+/// Dropping the reactor closes a Unix port's socket: its socket file went with it (it was
+/// left behind, and `stop_listening` afterwards no longer removed it), and the port counts no
+/// open connection (it kept counting the ones the reactor closed).
+#[test]
+fn dropping_the_reactor_removes_a_unix_ports_file_and_forgets_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.sock");
+    let reactor = Reactor::new().unwrap();
+    let port = reactor
+        .listen_unix(&path, |_: &Address| StopWhenMade)
+        .unwrap();
+    let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let _deadline = reactor.call_later(Duration::from_secs(5), |r| r.stop());
+    reactor.run().unwrap();
+    assert_eq!(port.connection_count(), 1);
+    drop(reactor);
+    port.stop_listening();
+    assert!(!path.exists(), "the socket file was left behind");
+    assert_eq!(
+        port.connection_count(),
+        0,
+        "the reactor closed the connection"
+    );
+}
