@@ -181,18 +181,38 @@ impl StringHandler for Client {
 /// Connects a client that runs the demo requests; `true` if every reply came back.
 fn run_client(reactor: &Reactor, host: &str, port: u16) -> torsion::Result<bool> {
     let ok = Rc::new(Cell::new(false));
-    let client_ok = ok.clone();
-    let weak = reactor.downgrade();
-    let _connector = reactor.connect_tcp(host, port, move |_peer: &Address| {
-        StringReceiver::int32(Client {
-            next_id: 1,
-            pending: HashMap::new(),
-            ok: client_ok.clone(),
-            reactor: weak.clone(),
-        })
-    });
+    let factory = Clients {
+        ok: ok.clone(),
+        reactor: reactor.downgrade(),
+    };
+    let _connector = reactor.connect_tcp(host, port, factory);
     reactor.run()?;
     Ok(ok.get())
+}
+
+/// Builds the client protocol, and stops the reactor when the attempt fails (the protocol's
+/// `connection_lost` stops it once connected).
+struct Clients {
+    ok: Rc<Cell<bool>>,
+    reactor: WeakReactor,
+}
+
+impl ClientFactory for Clients {
+    fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+        Some(Box::new(StringReceiver::int32(Client {
+            next_id: 1,
+            pending: HashMap::new(),
+            ok: self.ok.clone(),
+            reactor: self.reactor.clone(),
+        })))
+    }
+
+    fn client_connection_failed(&mut self, connector: &Connector, reason: CloseReason) {
+        eprintln!("could not connect to {}: {reason}", connector.destination());
+        if let Some(r) = self.reactor.upgrade() {
+            r.stop();
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -69,7 +69,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     max_conns: Option<NonZeroUsize>,
 
-    /// Refuse connections beyond this many open at once from one IP address.
+    /// Refuse connections beyond this many open at once from one IP address (Unix-socket
+    /// peers have none: only --max-conns limits them).
     #[arg(long, value_name = "N")]
     max_conns_per_peer: Option<NonZeroUsize>,
 

@@ -302,3 +302,56 @@ fn serve_echo_on_tcp_udp_and_tls_then_stop_on_sigterm() {
         "stopped listening"
     );
 }
+
+/// The path of an example binary (`cargo test` builds the examples next to the test
+/// binaries' `deps` directory; a stale one is not rebuilt by `cargo test --test cli`).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples (`cargo test` does, `cargo test --test cli` alone \
+         does not)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `cmd` for at most `limit`; `None` (and the process killed) if it did not exit.
+fn run_for(mut cmd: Command, limit: Duration) -> Option<std::process::Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if child.try_wait().expect("wait").is_some() {
+            return Some(child.wait_with_output().expect("output"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The `int32_rpc` client exits 1 with a message when it cannot connect (it waited for ever).
+#[test]
+fn int32_rpc_client_exits_1_when_it_cannot_connect() {
+    // A port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut cmd = Command::new(example("int32_rpc"));
+    cmd.args(["client", &format!("127.0.0.1:{port}")]);
+    let out = run_for(cmd, Duration::from_secs(10)).expect("the client hung");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not connect"), "{stderr}");
+}
