@@ -20,12 +20,16 @@ use std::cell::Cell;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::time::Duration;
 
 use torsion::prelude::*;
 use torsion::reactor::WeakReactor;
 use torsion::transports::tls::{self, TlsError};
 use torsion::transports::ClientTlsFiles;
 use torsion::ClientEndpoint;
+
+/// How long to wait for the echo once the handshake is done.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Client {
     message: Vec<u8>,
@@ -43,6 +47,14 @@ impl Protocol for Client {
             );
         }
         transport.write(&self.message);
+        // A server that never answers must not keep us waiting for ever.
+        let (handle, echoed) = (transport.handle(), self.echoed.clone());
+        let _deadline = transport.reactor().call_later(ECHO_TIMEOUT, move |_| {
+            if !echoed.get() {
+                eprintln!("no echo within {} s", ECHO_TIMEOUT.as_secs());
+                handle.abort_connection();
+            }
+        });
     }
 
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
