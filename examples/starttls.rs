@@ -11,7 +11,9 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::cell::Cell;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use torsion::prelude::*;
 use torsion::transports::tls::{self, ClientTlsConfig, ServerTlsConfig, TlsRole};
@@ -63,6 +65,8 @@ impl Protocol for Server {
 struct Client {
     lines: Lines,
     config: ClientTlsConfig,
+    /// The server answered over TLS.
+    done: Rc<Cell<bool>>,
 }
 
 impl Protocol for Client {
@@ -73,6 +77,9 @@ impl Protocol for Client {
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
         for line in self.lines.feed(data) {
             println!("client got {line:?}");
+            if line.starts_with("you said") && tls::session(transport).is_some() {
+                self.done.set(true);
+            }
             if line == "OK" {
                 let role = TlsRole::Client {
                     config: self.config.clone(),
@@ -93,7 +100,11 @@ impl Protocol for Client {
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("starttls: the exchange did not complete within 2 s");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("starttls: {e}");
             ExitCode::FAILURE
@@ -101,12 +112,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> torsion::Result<()> {
+/// Runs the exchange; `Ok(true)` once the server answered over TLS.
+fn run() -> torsion::Result<bool> {
     let dir = std::env::temp_dir().join(format!("torsion-starttls-{}", std::process::id()));
-    let certs = tls::create_dev_certs(&dir, &[])?;
-    let server_config =
-        ServerTlsConfig::from_pem_files(&certs.server_cert, &certs.server_key, None)?;
-    let client_config = ClientTlsConfig::with_ca_file(&certs.ca_cert)?;
+    // The configurations hold what they need: the files go at once, whatever happens next.
+    let configs = tls::create_dev_certs(&dir, &[]).and_then(|certs| {
+        Ok((
+            ServerTlsConfig::from_pem_files(&certs.server_cert, &certs.server_key, None)?,
+            ClientTlsConfig::with_ca_file(&certs.ca_cert)?,
+        ))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let (server_config, client_config) = configs?;
+    let done = Rc::new(Cell::new(false));
 
     let reactor = Reactor::new()?;
     let port = reactor.listen_tcp("127.0.0.1:0", move |_: &Address| Server {
@@ -114,12 +132,13 @@ fn run() -> torsion::Result<()> {
         config: server_config.clone(),
     })?;
     let addr = port.local_address().socket_addr().expect("a TCP port");
+    let d = done.clone();
     reactor.connect_tcp("127.0.0.1", addr.port(), move |_: &Address| Client {
         lines: Lines::default(),
         config: client_config.clone(),
+        done: d.clone(),
     });
     let _stop = reactor.call_later(std::time::Duration::from_secs(2), |r| r.stop());
     reactor.run()?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(done.get())
 }
