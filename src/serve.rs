@@ -14,6 +14,9 @@ use torsion::protocols::wire::{
 use torsion::reactor::{ShutdownPhase, DEFAULT_BUSY_POLL};
 use torsion::{Address, ListeningPort, LoopingCall, Reactor, ServerEndpoint, SharedFactory};
 
+/// The longest quote `qotd` serves (RFC 865).
+const QOTD_MAX: usize = 512;
+
 /// How long a graceful stop waits for open connections to close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,7 +51,7 @@ pub struct ServeArgs {
     #[arg(long = "listen", short = 'l', value_name = "ENDPOINT", required = true)]
     listen: Vec<String>,
 
-    /// The quote `qotd` serves.
+    /// The quote `qotd` serves (`\r\n` is a line break), at most 512 characters.
     #[arg(long, default_value = torsion::protocols::wire::DEFAULT_QUOTE)]
     quote: String,
 
@@ -94,6 +97,19 @@ fn idle_timeout(secs: f64) -> Result<Duration, String> {
         )),
         _ => Err(format!(
             "--idle-timeout must be a positive, finite number of seconds, not {secs}"
+        )),
+    }
+}
+
+/// RFC 865: the quote "should be less than 512 characters"; an empty one would be an empty
+/// reply. `Err` is the one-line reason.
+fn check_quote(quote: &str) -> Result<(), String> {
+    let chars = quote.replace("\\r\\n", "\r\n").chars().count();
+    match chars {
+        0 => Err("--quote must not be empty".into()),
+        1..=QOTD_MAX => Ok(()),
+        _ => Err(format!(
+            "--quote is {chars} characters; RFC 865 allows at most {QOTD_MAX}"
         )),
     }
 }
@@ -151,6 +167,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 eprintln!("torsion: bad endpoint '{desc}': {e}");
                 return ExitCode::from(2);
             }
+        }
+    }
+    if matches!(args.service, Service::Qotd) {
+        if let Err(e) = check_quote(&args.quote) {
+            eprintln!("torsion: {e}");
+            return ExitCode::from(2);
         }
     }
     let idle = match args.idle_timeout.map(idle_timeout).transpose() {

@@ -55,6 +55,26 @@ fn a_zero_connection_limit_is_a_bad_argument() {
     }
 }
 
+/// RFC 865 wants a quote, of less than 512 characters: an empty or longer `--quote` is a bad
+/// argument (it was served as given: an empty reply, or an over-long one).
+#[test]
+fn an_empty_or_over_long_quote_is_a_bad_argument() {
+    for quote in [String::new(), "x".repeat(600)] {
+        let mut cmd = Command::new(TORSION);
+        cmd.args([
+            "serve",
+            "qotd",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--quote",
+            &quote,
+        ]);
+        let out = run_for(cmd, Duration::from_secs(5)).expect("exits instead of serving");
+        assert_eq!(out.status.code(), Some(2), "quote of {} chars", quote.len());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--quote"));
+    }
+}
+
 /// When one endpoint fails to listen, the ones started before it are stopped: no Unix socket
 /// file is left behind.
 #[test]
