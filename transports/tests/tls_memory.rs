@@ -230,6 +230,17 @@ fn alpn_is_negotiated_and_readable() {
     assert_eq!(alpn(&sl).as_deref(), Some(&b"http/1.1"[..]));
 }
 
+/// A client trusting `ca`'s CA and presenting `cert`'s client certificate.
+fn mtls_client(ca: &DevCerts, cert: &DevCerts) -> ClientTlsConfig {
+    ClientTlsConfig::builder()
+        .ca_file(&ca.ca_cert)
+        .unwrap()
+        .client_certificate_pem_files(&cert.client_cert, &cert.client_key)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
 fn mtls_server(c: &DevCerts) -> ServerTlsConfig {
     ServerTlsConfig::from_pem_files(&c.server_cert, &c.server_key, Some(&c.ca_cert)).unwrap()
 }
@@ -237,13 +248,7 @@ fn mtls_server(c: &DevCerts) -> ServerTlsConfig {
 #[test]
 fn mutual_tls_accepted() {
     let (_d, c) = certs(&[]);
-    let client = ClientTlsConfig::builder()
-        .ca_file(&c.ca_cert)
-        .unwrap()
-        .client_certificate_pem_files(&c.client_cert, &c.client_key)
-        .unwrap()
-        .build()
-        .unwrap();
+    let client = mtls_client(&c, &c);
     let mr = MemoryReactor::new();
     let (cl, sl) = (log(), log());
     let _pair = connect_pair(
@@ -1649,13 +1654,7 @@ fn client_certificate_from_another_dev_ca_is_an_unknown_issuer() {
     // a bad signature (and the client heard decrypt_error).
     let (_d, c) = certs(&[]);
     let (_d2, other) = certs(&[]);
-    let client = ClientTlsConfig::builder()
-        .ca_file(&c.ca_cert)
-        .unwrap()
-        .client_certificate_pem_files(&other.client_cert, &other.client_key)
-        .unwrap()
-        .build()
-        .unwrap();
+    let client = mtls_client(&c, &other);
     let mr = MemoryReactor::new();
     let (cl, sl) = (log(), log());
     let _pair = connect_pair(
