@@ -261,6 +261,33 @@ fn connection_limits_non_ip_peers_count_towards_total_only() {
     assert!(limits.build_protocol(&Address::Memory(1), &local).is_none());
 }
 
+/// A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`: with limits shared by an
+/// IPv4 and a dual-stack port, that is still the same peer.
+#[test]
+fn connection_limits_key_ipv4_mapped_peers_as_ipv4() {
+    let local = inet("127.0.0.1:9000");
+    let mut limits = ConnectionLimits::new(|_: &Address| Echo, None, Some(1));
+    let stats = limits.stats();
+    let a = limits.build_protocol(&inet("192.0.2.7:1000"), &local);
+    assert!(a.is_some());
+    assert!(
+        limits
+            .build_protocol(&inet("[::ffff:192.0.2.7]:1001"), &local)
+            .is_none(),
+        "the mapped address is the same peer"
+    );
+    assert_eq!(stats.from_peer("::ffff:192.0.2.7".parse().unwrap()), 1);
+    drop(a);
+    let b = limits.build_protocol(&inet("[::ffff:192.0.2.7]:1002"), &local);
+    assert!(b.is_some());
+    assert_eq!(stats.from_peer("192.0.2.7".parse().unwrap()), 1);
+    assert!(limits
+        .build_protocol(&inet("192.0.2.7:1003"), &local)
+        .is_none());
+    drop(b);
+    assert_eq!(stats.total(), 0);
+}
+
 #[test]
 fn factory_hooks_pass_through_wrappers() {
     struct Counting(Rc<Cell<i32>>);

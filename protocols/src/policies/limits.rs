@@ -30,6 +30,7 @@ impl ConnectionStats {
 
     /// Connections open now from `ip`.
     pub fn from_peer(&self, ip: IpAddr) -> usize {
+        let ip = ip.to_canonical();
         self.counts.borrow().per_peer.get(&ip).copied().unwrap_or(0)
     }
 }
@@ -44,10 +45,11 @@ impl fmt::Debug for ConnectionStats {
     }
 }
 
-/// The peer key: the IP address (any port). Unix and in-memory peers have none and count
-/// towards the total only.
+/// The peer key: the IP address (any port), an IPv4-mapped IPv6 address (an IPv4 client of a
+/// dual-stack listener) as the IPv4 one. Unix and in-memory peers have none and count towards
+/// the total only.
 fn peer_ip(peer: &Address) -> Option<IpAddr> {
-    peer.socket_addr().map(|a| a.ip())
+    peer.socket_addr().map(|a| a.ip().to_canonical())
 }
 
 /// Frees a connection's slot exactly once, at `connection_lost` or, failing that, on drop.
