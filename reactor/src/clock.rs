@@ -46,10 +46,11 @@ impl VirtualClock {
         self.now.get()
     }
 
-    /// Moves the clock forward. Timers are fired by the reactor on its next turn
+    /// Moves the clock forward (saturating at [`Duration::MAX`]). Timers are fired by the
+    /// reactor on its next turn
     /// (see [`MemoryReactor::advance`](crate::testing::MemoryReactor::advance)).
     pub fn advance(&self, by: Duration) {
-        self.now.set(self.now.get() + by);
+        self.now.set(self.now.get().saturating_add(by));
     }
 
     pub(crate) fn set(&self, to: Duration) {

@@ -1175,3 +1175,44 @@ fn a_panic_stopping_a_producer_replaced_from_a_timer_aborts_the_connection() {
         e.lost
     );
 }
+
+#[test]
+fn advancing_by_a_huge_duration_saturates_instead_of_panicking() {
+    let mr = MemoryReactor::new();
+    let fired = Rc::new(Cell::new(false));
+    let f = fired.clone();
+    let _timer = mr
+        .reactor()
+        .call_later(Duration::from_secs(3600), move |_| f.set(true));
+    mr.advance(Duration::from_secs(1));
+    mr.advance(Duration::MAX);
+    assert!(fired.get());
+    assert_eq!(mr.clock().now(), Duration::MAX);
+    mr.advance(Duration::from_secs(1));
+    mr.clock().advance(Duration::MAX);
+    assert_eq!(mr.clock().now(), Duration::MAX);
+}
+
+#[test]
+fn a_memory_datagram_port_stays_bound_when_its_handle_is_dropped() {
+    use torsion_reactor::testing::MemoryNetwork;
+    use torsion_reactor::{Address, DatagramProtocol, DatagramTransport};
+
+    struct Sink(Rc<RefCell<Vec<Vec<u8>>>>);
+    impl DatagramProtocol for Sink {
+        fn datagram_received(&mut self, _: &mut dyn DatagramTransport, d: &[u8], _: &Address) {
+            self.0.borrow_mut().push(d.to_vec());
+        }
+    }
+
+    let mr = MemoryReactor::new();
+    let net = MemoryNetwork::new(mr.reactor());
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let server = net.bind(Sink(got.clone())).local_address();
+    let client = net.bind(Sink(Rc::default()));
+    for i in 0..3u8 {
+        client.write_to(&[i], &server).unwrap();
+    }
+    mr.run_until_idle();
+    assert_eq!(*got.borrow(), vec![vec![0], vec![1], vec![2]]);
+}

@@ -15,7 +15,9 @@ use crate::datagram::{
 use crate::panic::catch_unwind_message;
 use crate::reactor::{Reactor, WeakReactor};
 
-type Sockets = Rc<RefCell<HashMap<Address, Weak<MemorySocket>>>>;
+/// The bound sockets; the network owns them, so a socket stays bound (and keeps receiving)
+/// after its [`MemoryDatagramPort`] handle is dropped, as a real `DatagramPort` does.
+type Sockets = Rc<RefCell<HashMap<Address, Rc<MemorySocket>>>>;
 
 /// A network of in-memory datagram sockets on one reactor.
 ///
@@ -78,9 +80,7 @@ impl MemoryNetwork {
             max_size: Cell::new(DEFAULT_MAX_DATAGRAM_SIZE),
             closed: Cell::new(false),
         });
-        self.sockets
-            .borrow_mut()
-            .insert(addr, Rc::downgrade(&socket));
+        self.sockets.borrow_mut().insert(addr, Rc::clone(&socket));
         socket.call(|p, t| p.start_protocol(t));
         MemoryDatagramPort(socket)
     }
@@ -95,7 +95,7 @@ impl std::fmt::Debug for MemoryNetwork {
 }
 
 /// A socket bound on a [`MemoryNetwork`]; dereferences to its [`DatagramTransport`].
-/// It stays bound until `stop_listening`.
+/// It stays bound until `stop_listening`, even when every handle to it is dropped.
 #[derive(Clone)]
 pub struct MemoryDatagramPort(Rc<MemorySocket>);
 
@@ -118,7 +118,7 @@ struct MemorySocket {
     me: Weak<MemorySocket>,
     reactor: WeakReactor,
     addr: Address,
-    sockets: Weak<RefCell<HashMap<Address, Weak<MemorySocket>>>>,
+    sockets: Weak<RefCell<HashMap<Address, Rc<MemorySocket>>>>,
     protocol: RefCell<Option<Box<dyn DatagramProtocol>>>,
     peer: RefCell<Option<Address>>,
     max_size: Cell<usize>,
@@ -170,7 +170,7 @@ impl MemorySocket {
         let target = self
             .sockets
             .upgrade()
-            .and_then(|s| s.borrow().get(to).and_then(Weak::upgrade));
+            .and_then(|s| s.borrow().get(to).cloned());
         let me = self.me.upgrade().expect("alive");
         match target {
             Some(target) => {
@@ -230,7 +230,8 @@ impl DatagramTransport for MemorySocket {
             return;
         }
         if let Some(sockets) = self.sockets.upgrade() {
-            sockets.borrow_mut().remove(&self.addr);
+            let removed = sockets.borrow_mut().remove(&self.addr);
+            drop(removed); // outside the borrow
         }
         if let (Some(reactor), Some(me)) = (self.reactor.upgrade(), self.me.upgrade()) {
             reactor.call_soon(move |_| {

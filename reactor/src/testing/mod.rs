@@ -81,15 +81,20 @@ impl MemoryReactor {
         &self.clock
     }
 
-    /// Runs queued work and due timers until nothing is left to do now.
+    /// Runs queued work and due timers until nothing is left to do now. It does not move the
+    /// clock. A callback that keeps rescheduling itself would never let it finish: after a
+    /// million turns it logs an error and returns.
     pub fn run_until_idle(&self) {
         self.reactor.run_until_idle();
     }
 
     /// Moves time forward by `by`, firing every timer that falls due on the way, in order and
-    /// each at its own time (so a callback that reads the clock sees its deadline).
+    /// each at its own time (so a callback that reads the clock sees its deadline). Timers
+    /// those callbacks schedule fire too if they fall due by the end. The clock saturates at
+    /// [`Duration::MAX`] instead of overflowing (but a repeating timer, such as a
+    /// `LoopingCall`, keeps falling due, so do not advance by "forever" while one runs).
     pub fn advance(&self, by: Duration) {
-        let target = self.clock.now() + by;
+        let target = self.clock.now().saturating_add(by);
         self.run_until_idle();
         loop {
             let next = self.reactor.inner().timers.borrow_mut().next_deadline();
@@ -129,8 +134,8 @@ fn memory_address() -> Address {
 /// Options of an in-memory connection.
 #[derive(Clone, Debug)]
 pub struct MemoryOptions {
-    /// Largest chunk a single read delivers: 1 makes every byte its own `data_received`.
-    /// Default 65536.
+    /// Largest chunk a single read delivers: 1 makes every byte its own `data_received`
+    /// (0 is taken as 1). Default 65536.
     pub chunk_size: usize,
     /// Bytes each direction holds before the writer's socket "fills up" and it must buffer
     /// (the kernel socket buffer). Default 256 KiB.
