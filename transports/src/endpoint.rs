@@ -101,8 +101,23 @@ impl From<EndpointError> for Error {
     }
 }
 
+/// A refusal; the message quotes the description's text, so line breaks and other control
+/// characters in it are escaped (`\n`, `\u{0}`) to keep the message one readable line.
 fn err<T>(msg: impl Into<String>) -> std::result::Result<T, EndpointError> {
-    Err(EndpointError(msg.into()))
+    let msg: String = msg.into();
+    let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !msg.contains(breaks) {
+        return Err(EndpointError(msg));
+    }
+    let mut one_line = String::with_capacity(msg.len() + 8);
+    for c in msg.chars() {
+        if breaks(c) {
+            one_line.extend(c.escape_debug());
+        } else {
+            one_line.push(c);
+        }
+    }
+    Err(EndpointError(one_line))
 }
 
 /// The PEM files of a TLS server endpoint.
@@ -961,7 +976,7 @@ fn parse_host(kind: &str, value: &str) -> std::result::Result<String, EndpointEr
     }
     if value
         .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '[' | ']'))
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '[' | ']' | '='))
     {
         return err(format!(
             "host '{value}' is not a host name or an IP address"
