@@ -123,3 +123,178 @@ pub(crate) trait Backend {
     /// A handle that wakes `wait` from another thread.
     fn waker(&self) -> Arc<dyn Waker>;
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod contract_tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    fn backends() -> Vec<(&'static str, Box<dyn Backend>)> {
+        vec![
+            ("epoll", Box::new(EpollBackend::new().unwrap())),
+            ("polling", Box::new(PollingBackend::new().unwrap())),
+        ]
+    }
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    fn poll(b: &dyn Backend) -> Vec<BackendEvent> {
+        let mut ev = Vec::new();
+        b.wait(&mut ev, Some(Duration::ZERO)).unwrap();
+        ev
+    }
+
+    #[test]
+    fn unread_data_is_reported_again() {
+        for (name, b) in backends() {
+            let (a, mut peer) = pair();
+            unsafe { b.register(a.as_raw_fd(), 7, Interest::READABLE).unwrap() };
+            peer.write_all(b"x").unwrap();
+            for turn in 0..3 {
+                let ev = poll(&*b);
+                assert_eq!(ev.len(), 1, "{name} turn {turn}");
+                assert_eq!(ev[0].key, 7, "{name}");
+                assert!(ev[0].readiness.readable, "{name}");
+            }
+            b.deregister(a.as_raw_fd()).unwrap();
+        }
+    }
+
+    #[test]
+    fn writable_is_reported_again_and_interest_changes_apply() {
+        for (name, b) in backends() {
+            let (a, _peer) = pair();
+            unsafe { b.register(a.as_raw_fd(), 3, Interest::BOTH).unwrap() };
+            for _ in 0..2 {
+                let ev = poll(&*b);
+                assert_eq!(ev.len(), 1, "{name}");
+                assert!(
+                    ev[0].readiness.writable && !ev[0].readiness.readable,
+                    "{name}"
+                );
+            }
+            b.reregister(a.as_raw_fd(), 3, Interest::READABLE).unwrap();
+            assert!(poll(&*b).is_empty(), "{name}");
+            b.reregister(a.as_raw_fd(), 4, Interest::WRITABLE).unwrap();
+            let ev = poll(&*b);
+            assert_eq!(ev.len(), 1, "{name}");
+            assert_eq!(ev[0].key, 4, "{name}");
+            b.deregister(a.as_raw_fd()).unwrap();
+            assert!(poll(&*b).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn empty_interest_reports_nothing_even_after_hang_up() {
+        for (name, b) in backends() {
+            let (a, peer) = pair();
+            unsafe { b.register(a.as_raw_fd(), 1, Interest::NONE).unwrap() };
+            let (c, peer2) = pair();
+            unsafe { b.register(c.as_raw_fd(), 2, Interest::READABLE).unwrap() };
+            b.reregister(c.as_raw_fd(), 2, Interest::NONE).unwrap();
+            b.reregister(c.as_raw_fd(), 2, Interest::NONE).unwrap();
+            drop(peer);
+            drop(peer2);
+            for _ in 0..2 {
+                assert!(poll(&*b).is_empty(), "{name}");
+            }
+            // Hang-up is reported as readable once interest comes back.
+            b.reregister(a.as_raw_fd(), 1, Interest::READABLE).unwrap();
+            let ev = poll(&*b);
+            assert_eq!(ev.len(), 1, "{name}");
+            assert!(ev[0].readiness.readable, "{name}");
+            b.deregister(a.as_raw_fd()).unwrap();
+            b.deregister(c.as_raw_fd()).unwrap();
+        }
+    }
+
+    #[test]
+    fn hang_up_reported_as_readable_and_writable_with_write_interest() {
+        for (name, b) in backends() {
+            let (a, peer) = pair();
+            unsafe { b.register(a.as_raw_fd(), 5, Interest::READABLE).unwrap() };
+            assert!(poll(&*b).is_empty(), "{name}");
+            drop(peer);
+            for _ in 0..2 {
+                let ev = poll(&*b);
+                assert_eq!(ev.len(), 1, "{name}");
+                assert!(ev[0].readiness.readable, "{name}");
+            }
+            b.reregister(a.as_raw_fd(), 5, Interest::BOTH).unwrap();
+            let ev = poll(&*b);
+            assert_eq!(ev.len(), 1, "{name}");
+            assert!(
+                ev[0].readiness.readable && ev[0].readiness.writable,
+                "{name}"
+            );
+            b.deregister(a.as_raw_fd()).unwrap();
+        }
+    }
+
+    #[test]
+    fn deregistered_fd_reused_under_new_key() {
+        for (name, b) in backends() {
+            let (a, mut peer) = pair();
+            let fd = a.as_raw_fd();
+            unsafe { b.register(fd, 10, Interest::READABLE).unwrap() };
+            peer.write_all(b"x").unwrap();
+            b.deregister(fd).unwrap();
+            drop(a);
+            drop(peer);
+            let (a2, mut peer2) = pair();
+            // Usually the same descriptor number comes back.
+            unsafe { b.register(a2.as_raw_fd(), 11, Interest::READABLE).unwrap() };
+            assert!(poll(&*b).is_empty(), "{name}");
+            peer2.write_all(b"y").unwrap();
+            let ev = poll(&*b);
+            assert_eq!(ev.len(), 1, "{name}");
+            assert_eq!(ev[0].key, 11, "{name}");
+            b.deregister(a2.as_raw_fd()).unwrap();
+        }
+    }
+
+    #[test]
+    fn waker_and_timeouts() {
+        for (name, b) in backends() {
+            let mut ev = Vec::new();
+            // A wake before the wait ends it at once, then is consumed.
+            b.waker().wake().unwrap();
+            let t = Instant::now();
+            b.wait(&mut ev, None).unwrap();
+            assert!(t.elapsed() < Duration::from_secs(5), "{name}");
+            assert!(ev.is_empty(), "{name}");
+            // Zero-timeout polls consume a wake too, and report no event for it.
+            b.waker().wake().unwrap();
+            b.wait(&mut ev, Some(Duration::ZERO)).unwrap();
+            assert!(ev.is_empty(), "{name}");
+            let t = Instant::now();
+            b.wait(&mut ev, Some(Duration::from_millis(30))).unwrap();
+            let e = t.elapsed();
+            assert!(e >= Duration::from_millis(29), "{name}: {e:?}");
+            // Huge timeouts are accepted, and a wake from another thread ends them.
+            for timeout in [
+                Duration::from_millis(i32::MAX as u64 + 1),
+                Duration::from_secs(u64::MAX / 4),
+                Duration::MAX,
+            ] {
+                let w = b.waker();
+                let th = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    w.wake().unwrap();
+                });
+                let t = Instant::now();
+                b.wait(&mut ev, Some(timeout)).unwrap();
+                assert!(t.elapsed() < Duration::from_secs(5), "{name}");
+                th.join().unwrap();
+            }
+        }
+    }
+}
