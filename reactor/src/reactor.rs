@@ -98,6 +98,9 @@ pub(crate) struct Inner {
     pub(crate) backend: Box<dyn Backend>,
     pub(crate) clock: Clock,
     pub(crate) slots: RefCell<Slots>,
+    /// Sources kept alive by something other than a slot (in-memory connections, held by
+    /// their pipe end): closed at drop like registered ones, to break the cycle through them.
+    detached: RefCell<Vec<Weak<dyn Source>>>,
     pub(crate) timers: RefCell<TimerQueue>,
     soon: RefCell<VecDeque<Callback>>,
     shared: Arc<Shared>,
@@ -171,6 +174,14 @@ impl Drop for Inner {
             source.reactor_dropped();
         }
         drop(sources);
+        let detached = std::mem::take(self.detached.get_mut());
+        for source in detached.iter().filter_map(Weak::upgrade) {
+            source.reactor_dropped();
+        }
+        // A pending timer's callback may own its own `DelayedCall` (or a handle to something
+        // that does): drop every callback so no cycle through a timer entry outlives us.
+        let callbacks = self.timers.get_mut().cancel_all();
+        drop(callbacks);
     }
 }
 
@@ -267,6 +278,7 @@ impl Reactor {
                 backend,
                 clock,
                 slots: RefCell::new(Slots::default()),
+                detached: RefCell::new(Vec::new()),
                 timers: RefCell::new(TimerQueue::default()),
                 soon: RefCell::new(VecDeque::new()),
                 shared: Arc::new(Shared {
@@ -292,6 +304,16 @@ impl Reactor {
 
     pub(crate) fn inner(&self) -> &Rc<Inner> {
         &self.inner
+    }
+
+    /// Closes `source` when the reactor is dropped, as if it were registered (for sources
+    /// with no descriptor, such as in-memory connections).
+    pub(crate) fn track_detached(&self, source: &Rc<dyn Source>) {
+        let mut detached = self.inner.detached.borrow_mut();
+        if detached.len() == detached.capacity() {
+            detached.retain(|w| w.strong_count() > 0);
+        }
+        detached.push(Rc::downgrade(source));
     }
 
     /// A weak reference that does not keep the reactor alive (for objects the reactor owns).

@@ -140,6 +140,20 @@ impl TimerQueue {
         self.next_seq
     }
 
+    /// Cancels every pending timer and returns their callbacks (for the reactor's drop).
+    pub(crate) fn cancel_all(&mut self) -> Vec<TimerCallback> {
+        self.cancelled = 0;
+        self.heap
+            .drain()
+            .filter_map(|item| {
+                if item.entry.state.get() == TimerState::Pending {
+                    item.entry.state.set(TimerState::Cancelled);
+                }
+                item.entry.callback.borrow_mut().take()
+            })
+            .collect()
+    }
+
     /// Removes and returns the callback of the earliest timer due at or before `now` that was
     /// scheduled at or before `max_seq` (so timers scheduled by the callbacks of this turn wait
     /// for the next one).

@@ -216,6 +216,9 @@ impl End {
     }
 
     pub(crate) fn attach(self: &Rc<Self>, source: Rc<dyn Source>) {
+        if let Some(reactor) = self.reactor.upgrade() {
+            reactor.track_detached(&source);
+        }
         *self.source.borrow_mut() = Some(source);
         self.kick();
     }
