@@ -689,7 +689,8 @@ impl<IO: StreamIo> StreamConnection<IO> {
         }
         st.phase = Phase::Closed;
         st.wbuf.release();
-        drop(self.swap.borrow_mut().take());
+        let swap = self.swap.borrow_mut().take();
+        drop(swap);
         st.pending &= LOST | WRITE_LOST | READ_LOST;
         if let Some(timer) = st.close_timer.take() {
             timer.cancel();
@@ -922,11 +923,18 @@ impl<IO: StreamIo> StreamConnection<IO> {
 impl<IO: StreamIo> Source for StreamConnection<IO> {
     fn reactor_dropped(&self) {
         self.st.borrow_mut().phase = Phase::Closed;
-        drop(self.io.borrow_mut().take());
-        drop(self.protocol.borrow_mut().take());
-        drop(self.producer.borrow_mut().take());
-        drop(self.on_lost.borrow_mut().take());
-        drop(self.swap.borrow_mut().take());
+        // Each taken out before it is dropped (no borrow held): a protocol's or producer's
+        // `Drop` may call back into its own handle (`unregister_producer`, say).
+        let io = self.io.borrow_mut().take();
+        drop(io);
+        let protocol = self.protocol.borrow_mut().take();
+        drop(protocol);
+        let producer = self.producer.borrow_mut().take();
+        drop(producer);
+        let on_lost = self.on_lost.borrow_mut().take();
+        drop(on_lost);
+        let swap = self.swap.borrow_mut().take();
+        drop(swap);
     }
 
     fn ready(&self, readiness: Readiness) {
@@ -1186,7 +1194,9 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
 
     fn unregister_producer(&self) {
         self.st.borrow_mut().producer = None;
-        self.producer.borrow_mut().take();
+        // Dropped with no borrow held: its `Drop` may call back into the handle.
+        let producer = self.producer.borrow_mut().take();
+        drop(producer);
     }
 
     fn buffered(&self) -> usize {
