@@ -459,6 +459,14 @@ impl<IO: StreamIo> StreamConnection<IO> {
         false
     }
 
+    /// A write was gathered: past [`GATHER_LIMIT`], what the callback gathered goes out now.
+    fn gathered_more(&self, st: RefMut<'_, State>) {
+        if st.wbuf.len() >= GATHER_LIMIT {
+            drop(st);
+            self.flush_gathered();
+        }
+    }
+
     /// Writes what the current callback gathered (see [`gathers`](Self::gathers)), or, past
     /// [`GATHER_LIMIT`], what it gathered so far.
     fn flush_gathered(&self) {
@@ -972,11 +980,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         st.writes += 1;
         if self.gathers(&mut st) {
             st.wbuf.push(data);
-            if st.wbuf.len() >= GATHER_LIMIT {
-                drop(st);
-                self.flush_gathered();
-            }
-            return;
+            return self.gathered_more(st);
         }
         if st.wbuf.is_empty() {
             let result = match self.io.borrow_mut().as_mut() {
@@ -1013,11 +1017,7 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         st.writes += 1;
         if self.gathers(&mut st) {
             st.wbuf.push_vectored(bufs, 0);
-            if st.wbuf.len() >= GATHER_LIMIT {
-                drop(st);
-                self.flush_gathered();
-            }
-            return;
+            return self.gathered_more(st);
         }
         let written = if st.wbuf.is_empty() {
             let result = match self.io.borrow_mut().as_mut() {

@@ -537,11 +537,7 @@ fn addresses_for_bind(
         .into_iter()
         .filter(|a| a.as_socket().is_some_and(|a| a.is_ipv4() == bind.is_ipv4()))
         .collect();
-    let (family, other) = if bind.is_ipv4() {
-        ("IPv4", "IPv6")
-    } else {
-        ("IPv6", "IPv4")
-    };
+    let (family, other) = family_names(bind.is_ipv4());
     if kept.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -562,6 +558,15 @@ fn addresses_for_bind(
         );
     }
     Ok(kept)
+}
+
+/// The name of an address family (IPv4 when `ipv4`), and of the other one, for messages.
+pub(crate) fn family_names(ipv4: bool) -> (&'static str, &'static str) {
+    if ipv4 {
+        ("IPv4", "IPv6")
+    } else {
+        ("IPv6", "IPv4")
+    }
 }
 
 /// A bind address as given: the IP alone when the port is left to the system (0).
@@ -625,7 +630,8 @@ pub(crate) fn any_to_address(addr: rustix::net::SocketAddrAny) -> Option<Address
 /// A socket address for a Linux abstract name; a name longer than `sun_path` holds (107
 /// bytes after the leading NUL) is an [`io::ErrorKind::InvalidInput`] error that says so.
 pub(crate) fn abstract_sockaddr(name: &[u8]) -> io::Result<SockAddr> {
-    const MAX_NAME_LEN: usize = 107;
+    // The leading NUL takes the byte a path's terminating NUL takes.
+    const MAX_NAME_LEN: usize = crate::unix::MAX_PATH_LEN;
     if name.len() > MAX_NAME_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

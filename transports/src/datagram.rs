@@ -666,26 +666,16 @@ impl DatagramTransport for DatagramSocket {
     }
 
     fn join_group(&self, group: IpAddr, interface: MulticastInterface) -> io::Result<()> {
-        self.ip_socket(|s, _| match (group, interface) {
-            (IpAddr::V4(g), MulticastInterface::V4(i)) => s.join_multicast_v4(&g, &i),
-            (IpAddr::V4(g), MulticastInterface::Any) => {
-                s.join_multicast_v4(&g, &std::net::Ipv4Addr::UNSPECIFIED)
-            }
-            (IpAddr::V6(g), MulticastInterface::Index(i)) => s.join_multicast_v6(&g, i),
-            (IpAddr::V6(g), MulticastInterface::Any) => s.join_multicast_v6(&g, 0),
-            _ => Err(family_mismatch(group, interface)),
+        self.ip_socket(|s, _| match Membership::of(group, interface)? {
+            Membership::V4(g, i) => s.join_multicast_v4(&g, &i),
+            Membership::V6(g, i) => s.join_multicast_v6(&g, i),
         })
     }
 
     fn leave_group(&self, group: IpAddr, interface: MulticastInterface) -> io::Result<()> {
-        self.ip_socket(|s, _| match (group, interface) {
-            (IpAddr::V4(g), MulticastInterface::V4(i)) => s.leave_multicast_v4(&g, &i),
-            (IpAddr::V4(g), MulticastInterface::Any) => {
-                s.leave_multicast_v4(&g, &std::net::Ipv4Addr::UNSPECIFIED)
-            }
-            (IpAddr::V6(g), MulticastInterface::Index(i)) => s.leave_multicast_v6(&g, i),
-            (IpAddr::V6(g), MulticastInterface::Any) => s.leave_multicast_v6(&g, 0),
-            _ => Err(family_mismatch(group, interface)),
+        self.ip_socket(|s, _| match Membership::of(group, interface)? {
+            Membership::V4(g, i) => s.leave_multicast_v4(&g, &i),
+            Membership::V6(g, i) => s.leave_multicast_v6(&g, i),
         })
     }
 
@@ -753,12 +743,32 @@ impl DatagramTransport for DatagramSocket {
     }
 }
 
-/// The error for a multicast group with an interface of the other family.
-fn family_mismatch(group: IpAddr, interface: MulticastInterface) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("multicast group {group} and interface {interface:?} are of different families"),
-    )
+/// A multicast group with the interface to join or leave it on, of the same family.
+enum Membership {
+    V4(std::net::Ipv4Addr, std::net::Ipv4Addr),
+    V6(std::net::Ipv6Addr, u32),
+}
+
+impl Membership {
+    /// `group` on `interface` (`Any`: the system's choice), or `InvalidInput` when they are of
+    /// different families.
+    fn of(group: IpAddr, interface: MulticastInterface) -> io::Result<Membership> {
+        match (group, interface) {
+            (IpAddr::V4(g), MulticastInterface::V4(i)) => Ok(Membership::V4(g, i)),
+            (IpAddr::V4(g), MulticastInterface::Any) => {
+                Ok(Membership::V4(g, std::net::Ipv4Addr::UNSPECIFIED))
+            }
+            (IpAddr::V6(g), MulticastInterface::Index(i)) => Ok(Membership::V6(g, i)),
+            (IpAddr::V6(g), MulticastInterface::Any) => Ok(Membership::V6(g, 0)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "multicast group {group} and interface {interface:?} are of different \
+                     families"
+                ),
+            )),
+        }
+    }
 }
 
 fn apply(socket: &Socket, options: &DatagramOptions, context: &str) -> Result<()> {
@@ -839,8 +849,7 @@ pub(crate) fn listen_unix_datagram(
         .map_err(|e| Error::io("create a Unix datagram socket", e))?;
     apply(&socket, &options, &shown)?;
     let lock = crate::unix::lock_dir(path);
-    crate::unix::bind_path(&socket, Type::DGRAM, &addr, path)?;
-    let file = crate::unix::SocketFile::bound(path);
+    let file = crate::unix::bind_path(&socket, Type::DGRAM, &addr, path)?;
     drop(lock);
     DatagramSocket::start(reactor, socket, Kind::Unix, protocol, &options, Some(file))
 }

@@ -1042,11 +1042,7 @@ fn check_bind_family(bind: SocketAddr, host: IpAddr) -> std::result::Result<(), 
     if bind.is_ipv4() == host.is_ipv4() {
         return Ok(());
     }
-    let (family, other) = if bind.is_ipv4() {
-        ("IPv4", "IPv6")
-    } else {
-        ("IPv6", "IPv4")
-    };
+    let (family, other) = crate::connector::family_names(bind.is_ipv4());
     err(format!(
         "bindAddress={} is an {family} address, but the host {} is {other}: a connection \
          binds to an address of its destination's family (use an {other} bindAddress, or none)",

@@ -9,7 +9,8 @@
 //! stops listening, if the file is still its own (same device and inode; another server's
 //! socket put at the path meanwhile stays). Ports starting in one directory at the same time
 //! take turns through a `flock` on it, so none takes another's new socket for a stale one. A
-//! path with a NUL byte or longer than 107 bytes is [`Error::InvalidAddress`]. An optional file mode (for example `0o660`) is applied after binding.
+//! path with a NUL byte or longer than 107 bytes is [`Error::InvalidAddress`]. An optional
+//! file mode (for example `0o660`) is applied after binding.
 //!
 //! On Linux, abstract names (no file; they vanish with the socket) are available through
 //! `listen_unix_abstract` and `connect_unix_abstract`.
@@ -81,8 +82,8 @@ pub(crate) fn path_sockaddr(path: &Path) -> io::Result<SockAddr> {
     SockAddr::unix(path)
 }
 
-/// The socket file a port bound, told apart from whatever is put at its path later by its
-/// device and inode.
+/// The socket file a port bound (returned by [`bind_path`]), told apart from whatever is put
+/// at its path later by its device and inode.
 #[derive(Debug)]
 pub(crate) struct SocketFile {
     path: PathBuf,
@@ -90,14 +91,6 @@ pub(crate) struct SocketFile {
 }
 
 impl SocketFile {
-    /// The socket file just bound at `path`.
-    pub(crate) fn bound(path: &Path) -> SocketFile {
-        SocketFile {
-            path: path.to_owned(),
-            id: file_id(path),
-        }
-    }
-
     /// Removes the file once the port stops: only if it is still the one the port bound
     /// (never another server's socket, nor whatever else was put at the path meanwhile).
     pub(crate) fn remove(&self) {
@@ -112,11 +105,6 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(path).ok()?;
     m.file_type().is_socket().then(|| (m.dev(), m.ino()))
-}
-
-/// A socket file (not followed through a symbolic link) is at `path`.
-fn is_socket_file(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// Held by a port from its bind to its `listen`: while it lasts, no other port (of this
@@ -146,22 +134,32 @@ pub(crate) fn lock_dir(path: &Path) -> Option<std::fs::File> {
 }
 
 /// Binds `socket` (stream or datagram) to a Unix path, replacing a stale socket file left by
-/// a dead server and refusing a live one with [`Error::AddressInUse`].
+/// a dead server and refusing a live one with [`Error::AddressInUse`]; returns the socket file
+/// bound, for the port to remove when it stops.
 ///
 /// Whether a server answers is probed with a non-blocking `connect` of the same socket type:
 /// only a refusal means the file is stale (a stream server whose queue is full answers "would
 /// block" and counts as live; a datagram server receives nothing), and a busy server can never
 /// stall the reactor thread here.
-pub(crate) fn bind_path(socket: &Socket, ty: Type, addr: &SockAddr, path: &Path) -> Result<()> {
+pub(crate) fn bind_path(
+    socket: &Socket,
+    ty: Type,
+    addr: &SockAddr,
+    path: &Path,
+) -> Result<SocketFile> {
+    let bound = || SocketFile {
+        path: path.to_owned(),
+        id: file_id(path),
+    };
     let shown = path.display();
     let Err(e) = socket.bind(addr) else {
-        return Ok(());
+        return Ok(bound());
     };
     if e.kind() != io::ErrorKind::AddrInUse {
         return Err(Error::io(format!("bind {shown}"), e));
     }
     // Only a socket file can be stale: anything else at the path is someone's data.
-    if !is_socket_file(path) {
+    if file_id(path).is_none() {
         return Err(Error::io(
             format!("bind {shown}"),
             io::Error::new(
@@ -183,7 +181,8 @@ pub(crate) fn bind_path(socket: &Socket, ty: Type, addr: &SockAddr, path: &Path)
     std::fs::remove_file(path).map_err(|e| Error::io(format!("remove stale {shown}"), e))?;
     socket
         .bind(addr)
-        .map_err(|e| Error::io(format!("bind {shown}"), e))
+        .map_err(|e| Error::io(format!("bind {shown}"), e))?;
+    Ok(bound())
 }
 
 pub(crate) fn listen(
@@ -201,8 +200,7 @@ pub(crate) fn listen(
     }
     let socket = new_socket().map_err(|e| Error::io("create a Unix socket", e))?;
     let lock = lock_dir(path);
-    bind_path(&socket, Type::STREAM, &addr, path)?;
-    let file = SocketFile::bound(path);
+    let file = bind_path(&socket, Type::STREAM, &addr, path)?;
     if let Some(mode) = options.mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io(format!("set mode {mode:o} on {shown}"), e))?;

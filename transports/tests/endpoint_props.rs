@@ -21,6 +21,30 @@ fn check_error(desc: &str, e: &EndpointError) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A parse result: a refusal is one line; what parsed displays as a description that parses
+/// back to it.
+fn check_parsed<T>(desc: &str, parsed: Result<T, EndpointError>) -> Result<(), TestCaseError>
+where
+    T: std::str::FromStr<Err = EndpointError> + std::fmt::Display + std::fmt::Debug + PartialEq,
+{
+    let ep = match parsed {
+        Ok(ep) => ep,
+        Err(e) => return check_error(desc, &e),
+    };
+    let shown = ep.to_string();
+    match shown.parse::<T>() {
+        Ok(back) => prop_assert_eq!(back, ep, "{:?} displayed as {:?}", desc, shown),
+        Err(e) => prop_assert!(
+            false,
+            "{:?} displayed as {:?}, which is refused: {}",
+            desc,
+            shown,
+            e
+        ),
+    }
+    Ok(())
+}
+
 /// Parses `desc` both ways, checking errors and the round trip of what parses.
 fn check(desc: &str) -> Result<(), TestCaseError> {
     let start = Instant::now();
@@ -32,39 +56,8 @@ fn check(desc: &str) -> Result<(), TestCaseError> {
         desc,
         start.elapsed()
     );
-    match server {
-        Ok(ep) => {
-            let shown = ep.to_string();
-            match ServerEndpoint::parse(&shown) {
-                Ok(back) => prop_assert_eq!(back, ep, "{:?} displayed as {:?}", desc, shown),
-                Err(e) => prop_assert!(
-                    false,
-                    "{:?} displayed as {:?}, which is refused: {}",
-                    desc,
-                    shown,
-                    e
-                ),
-            }
-        }
-        Err(e) => check_error(desc, &e)?,
-    }
-    match client {
-        Ok(ep) => {
-            let shown = ep.to_string();
-            match ClientEndpoint::parse(&shown) {
-                Ok(back) => prop_assert_eq!(back, ep, "{:?} displayed as {:?}", desc, shown),
-                Err(e) => prop_assert!(
-                    false,
-                    "{:?} displayed as {:?}, which is refused: {}",
-                    desc,
-                    shown,
-                    e
-                ),
-            }
-        }
-        Err(e) => check_error(desc, &e)?,
-    }
-    Ok(())
+    check_parsed(desc, server)?;
+    check_parsed(desc, client)
 }
 
 const KINDS: &[&str] = &[

@@ -233,7 +233,6 @@ impl End {
         self.rx.borrow().data.len()
     }
 
-    /// The peer has sent FIN (and everything before it was read).
     /// The other end sent FIN (not a reset) and everything before it was read.
     pub(crate) fn at_eof(&self) -> bool {
         let rx = self.rx.borrow();

@@ -1055,24 +1055,24 @@ impl Protocol for TlsProtocol {
             }
             None => ended.failure = self.early_failure.take(),
         }
-        let reason = match ended.failure {
+        let reason = match (ended.panicked, ended.failure) {
             // The protocol panicked on the layer's own turn; the abort that followed is ours.
-            _ if ended.panicked.is_some() => CloseReason::Panic(ended.panicked.unwrap_or_default()),
-            Some(err) => err.into_close_reason(),
-            None if !ended.handshake_done && reason.is_clean() => {
+            (Some(msg), _) => CloseReason::Panic(msg),
+            (None, Some(err)) => err.into_close_reason(),
+            (None, None) if !ended.handshake_done && reason.is_clean() => {
                 TlsError::HandshakeEof.into_close_reason()
             }
             // Our close, ended by the TLS close timeout (the abort it made, not something that
             // came first, such as the stream's own close timeout): the clean close we asked for.
-            None if ended.close_timed_out && matches!(reason, CloseReason::Aborted) => {
+            (None, None) if ended.close_timed_out && matches!(reason, CloseReason::Aborted) => {
                 CloseReason::Done
             }
             // The stream ended cleanly, but not after the peer's close_notify, and not because
             // we closed (after our half-close, the peer's FIN ends the stream directly).
-            None if reason.is_clean() && !self.clean_eof && !ended.closing => {
+            (None, None) if reason.is_clean() && !self.clean_eof && !ended.closing => {
                 TlsError::Truncated.into_close_reason()
             }
-            None => reason,
+            (None, None) => reason,
         };
         if let Some(slot) = &self.outcome {
             *slot.borrow_mut() = Some(Outcome {
