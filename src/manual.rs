@@ -29,10 +29,11 @@
 //! reads at once (the peer has usually sent more meanwhile) instead of waiting for the
 //! poller.
 //!
-//! Reads are bounded too: one connection gets at most 16 reads of up to 64 KiB (1 MiB) per
-//! reactor turn, and the read buffer is lent by the reactor for the duration of the callback
-//! (an idle connection holds no read buffer; about 0.6 KiB per idle TCP connection in all,
-//! BENCHMARKS.md).
+//! Reads are bounded too: one connection gets at most 16 reads per reactor turn, each of up
+//! to 256 KiB over TCP and 64 KiB over Unix sockets (whose send buffer would not take the echo
+//! of a larger read at once), and the read buffer is lent by the reactor for the duration of
+//! the callback (an idle connection holds no read buffer; about 0.6 KiB per idle TCP
+//! connection in all, BENCHMARKS.md).
 //!
 //! # Closing
 //!

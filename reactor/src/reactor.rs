@@ -23,8 +23,13 @@ use crate::registration::{Registered, Slots, Source};
 use crate::timer::{DelayedCall, TimerQueue};
 
 /// Size of the read buffer the reactor lends to transports (one per reactor, not per
-/// connection: an idle connection holds no read buffer).
-pub const READ_BUFFER_SIZE: usize = 64 * 1024;
+/// connection: an idle connection holds no read buffer). A stream transport reads at most
+/// [`StreamIo::read_size`](crate::StreamIo::read_size) bytes of it at a time.
+///
+/// 256 KiB: against 64 KiB, TCP bulk echo with one connection measured 1.25x the throughput
+/// (8 of 8 rounds ahead, with about a fifth less server CPU per MiB): larger reads make larger
+/// echoes, and the load generator on the other end makes fewer calls to take them.
+pub const READ_BUFFER_SIZE: usize = 256 * 1024;
 
 /// The reactor's read buffer: [`READ_BUFFER_SIZE`] bytes starting on a page boundary.
 ///

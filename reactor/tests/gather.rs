@@ -1,6 +1,7 @@
 //! Writes gathered per callback: a protocol that answers each of many small frames in one
 //! read costs one system call per read, not one per frame, and a single write per callback
-//! still goes straight to the socket. Checked with a stream whose writes are counted.
+//! still goes straight to the socket. Checked with a stream whose writes are counted (and
+//! whose reads are, for the read size a stream asks for).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -24,12 +25,17 @@ struct Wire {
     room: Cell<usize>,
     /// Writes after this many calls fail with a broken pipe (0: never).
     fail_after: Cell<usize>,
+    /// The stream's `read_size` (0: the default).
+    read_size: Cell<usize>,
+    /// Length of the buffer each read was given.
+    reads: RefCell<Vec<usize>>,
 }
 
 struct CountingIo(Rc<Wire>);
 
 impl StreamIo for CountingIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.reads.borrow_mut().push(buf.len());
         let mut input = self.0.input.borrow_mut();
         if input.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -73,6 +79,13 @@ impl StreamIo for CountingIo {
     }
 
     fn attach(&mut self, _source: Rc<dyn Source>) {}
+
+    fn read_size(&self) -> usize {
+        match self.0.read_size.get() {
+            0 => torsion_reactor::READ_BUFFER_SIZE,
+            n => n,
+        }
+    }
 }
 
 /// Answers each line of a read with `per_line` writes of it (as a line protocol answering
@@ -310,4 +323,39 @@ mod on_the_test_kit {
         // `connection_made` (this layer does not take over).
         assert_eq!(out, b"one two three<layer></layer> held");
     }
+}
+
+#[test]
+fn reads_ask_for_the_streams_read_size_and_go_on_while_full() {
+    let (_reactor, wire, source) = connection(0, usize::MAX);
+    wire.read_size.set(1000);
+    let input = lines(2000);
+    wire.input.borrow_mut().extend(input.iter().copied());
+    source.ready(Readiness {
+        readable: true,
+        writable: false,
+    });
+    let reads = wire.reads.borrow().clone();
+    assert_eq!(
+        reads.len(),
+        16,
+        "a full read is followed by another, up to the turn's limit"
+    );
+    assert!(reads.iter().all(|&n| n == 1000), "{reads:?}");
+    feed(&wire, &source, &[]);
+    assert_eq!(*wire.output.borrow(), input, "every byte echoed, in order");
+}
+
+#[test]
+fn reads_default_to_the_whole_read_buffer_and_stop_when_short() {
+    let (_reactor, wire, source) = connection(0, usize::MAX);
+    let input = lines(40_000);
+    assert!(input.len() > torsion_reactor::READ_BUFFER_SIZE);
+    feed(&wire, &source, &input);
+    assert_eq!(
+        *wire.reads.borrow(),
+        [torsion_reactor::READ_BUFFER_SIZE; 2],
+        "one full read, then a short one that ends the turn without asking again"
+    );
+    assert_eq!(*wire.output.borrow(), input);
 }

@@ -5,10 +5,10 @@
 //!
 //! Each readiness event reads up to 64 datagrams before other sources get their turn; the
 //! level-triggered backend reports the socket again if more are waiting, so one busy socket
-//! cannot starve the others. Datagrams are read into the reactor's shared 64 KiB buffer and
-//! handed to the protocol as a slice: nothing is allocated per datagram. A datagram longer
-//! than that buffer (only a Unix datagram can be) is dropped with a warning, never delivered
-//! cut short.
+//! cannot starve the others. Datagrams are read into the reactor's shared read buffer, at most
+//! [`DATAGRAM_READ_SIZE`] (64 KiB) at a time, and handed to the protocol as a slice: nothing is
+//! allocated per datagram. A longer datagram (only a Unix datagram can be) is dropped with a
+//! warning, never delivered cut short.
 //!
 //! Reads use one `recvfrom` per datagram: `recvmmsg` would save system calls, but the safe
 //! socket layer we build on does not offer it and this crate does not call the C library
@@ -71,6 +71,9 @@ use torsion_reactor::{
 use crate::connector::{any_to_address, sockaddr_to_address};
 
 const READS_PER_TURN: usize = 64;
+/// Longest datagram a port receives: 64 KiB. Every UDP payload fits; a longer Unix datagram
+/// is dropped with a warning.
+pub const DATAGRAM_READ_SIZE: usize = 64 * 1024;
 /// Most datagrams one `sendmmsg` call carries.
 const BATCH_DATAGRAMS: usize = 64;
 /// Bytes of batched datagrams past which the batch is sent before the burst ends.
@@ -523,13 +526,13 @@ impl DatagramSocket {
             }
             let result = self.with_socket(|s| {
                 // TRUNC: the full length of a datagram longer than the buffer.
-                rustix::net::recvfrom(s.as_fd(), &mut buf[..], RecvFlags::TRUNC)
+                rustix::net::recvfrom(s.as_fd(), &mut buf[..DATAGRAM_READ_SIZE], RecvFlags::TRUNC)
                     .map_err(io::Error::from)
             });
             match result {
                 Ok((n, full, _)) if full > n => {
-                    // Only Unix datagrams can outgrow the buffer (a UDP payload fits in 64 KiB).
-                    tracing::warn!(local = %self.local, len = full, limit = n, "datagram longer than the read buffer dropped");
+                    // Only Unix datagrams can be longer (a UDP payload fits in 64 KiB).
+                    tracing::warn!(local = %self.local, len = full, limit = n, "datagram longer than the read size dropped");
                 }
                 Ok((n, _, from)) => {
                     let from = match &self.st.borrow().peer {

@@ -50,9 +50,10 @@ use std::path::Path;
 use torsion_reactor::{ClientFactory, Connector, DatagramProtocol, Reactor, Result, SharedFactory};
 
 pub use connector::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
-pub use datagram::{DatagramOptions, DatagramPort, QUEUE_ENTRY_OVERHEAD};
+pub use datagram::{DatagramOptions, DatagramPort, DATAGRAM_READ_SIZE, QUEUE_ENTRY_OVERHEAD};
 pub use endpoint::{ClientEndpoint, ClientTlsFiles, EndpointError, ServerEndpoint, TlsFiles};
 pub use listener::ListeningPort;
+pub use socket::UNIX_READ_SIZE;
 pub use tcp::{TcpListenOptions, DEFAULT_BACKLOG};
 pub use unix::UnixListenOptions;
 

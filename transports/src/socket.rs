@@ -9,6 +9,13 @@ use rustix::net::{sockopt, SendAncillaryBuffer, SendFlags};
 use socket2::Socket;
 use torsion_reactor::{Interest, Keepalive, PeerCredentials, Registered, Source, StreamIo};
 
+/// Bytes read at a time from a Unix stream socket: 64 KiB.
+///
+/// A Unix socket's send buffer holds about 208 KiB (`net.core.wmem_default`) and does not grow
+/// as TCP's does, so echoing 256 KiB reads overfilled it at every write and the echo waited on
+/// writability: Unix bulk echo measured 0.68x with 256 KiB reads against 64 KiB.
+pub const UNIX_READ_SIZE: usize = 64 * 1024;
+
 /// Which kind of stream socket, for the options that only one kind has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SocketKind {
@@ -82,6 +89,13 @@ impl StreamIo for SocketIo {
         match keepalive {
             None => Ok(sockopt::set_socket_keepalive(fd, false)?),
             Some(k) => set_tcp_keepalive(fd, k),
+        }
+    }
+
+    fn read_size(&self) -> usize {
+        match self.kind {
+            SocketKind::Tcp => torsion_reactor::READ_BUFFER_SIZE,
+            SocketKind::Unix => UNIX_READ_SIZE,
         }
     }
 

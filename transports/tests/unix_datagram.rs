@@ -209,7 +209,7 @@ fn round_trip_between_paths() {
 }
 
 #[test]
-fn a_datagram_longer_than_the_read_buffer_is_dropped_not_truncated() {
+fn a_datagram_longer_than_the_read_size_is_dropped_not_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let server_path = dir.path().join("server.sock");
     let reactor = Reactor::new().unwrap();
@@ -218,7 +218,7 @@ fn a_datagram_longer_than_the_read_buffer_is_dropped_not_truncated() {
         .listen_unix_datagram(&server_path, DgRecorder::new(&rec))
         .unwrap();
     let sender = UnixDatagram::unbound().unwrap();
-    let big = pattern(torsion_reactor::READ_BUFFER_SIZE + 1);
+    let big = pattern(torsion_transports::DATAGRAM_READ_SIZE + 1);
     match sender.send_to(&big, &server_path) {
         Ok(n) => assert_eq!(n, big.len()),
         Err(e) => {

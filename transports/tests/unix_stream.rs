@@ -13,7 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use torsion_reactor::prelude::*;
-use torsion_reactor::{Error, UnixAddress, READ_BUFFER_SIZE};
+use torsion_reactor::{Error, UnixAddress};
+use torsion_transports::UNIX_READ_SIZE;
 use torsion_transports::{ReactorExt, UnixListenOptions};
 
 use util::*;
@@ -323,7 +324,7 @@ fn echo_to_a_client_that_does_not_read_buffers_at_most_one_read_past_the_waterma
     }
     let config = torsion_reactor::ConnectionConfig::default();
     assert!(
-        queued > config.high_watermark + 3 * READ_BUFFER_SIZE,
+        queued > config.high_watermark + 3 * UNIX_READ_SIZE,
         "only {queued} bytes queued: the test needs more waiting than the echo may buffer"
     );
     let s = seen.clone();
@@ -331,7 +332,7 @@ fn echo_to_a_client_that_does_not_read_buffers_at_most_one_read_past_the_waterma
     let (most, pauses) = *seen.borrow();
     assert_eq!(pauses, 1);
     assert!(
-        most <= config.high_watermark + READ_BUFFER_SIZE,
+        most <= config.high_watermark + UNIX_READ_SIZE,
         "write buffer reached {most} bytes (high watermark {})",
         config.high_watermark
     );
