@@ -55,9 +55,8 @@ pub struct ConnectionConfig {
     pub close_timeout: Duration,
     /// Reads per connection per reactor turn (each up to [`StreamIo::read_size`]: 256 KiB over
     /// TCP, 64 KiB over Unix sockets) before other connections get their turn. Default 16:
-    /// every turn costs a wait on the poller; with 4
-    /// reads per turn Unix-socket bulk echo measured 0.73x tokio-st, with 16 0.99x (and TCP
-    /// bulk with 8 connections 1.17x).
+    /// every turn costs a wait on the poller; with 4 reads per turn Unix-socket bulk echo
+    /// measured 0.73x tokio-st, with 16 0.99x (and TCP bulk with 8 connections 1.17x).
     pub max_reads_per_turn: usize,
 }
 
@@ -106,9 +105,10 @@ pub trait StreamIo: 'static {
     fn peer_credentials(&self) -> Option<PeerCredentials> {
         None
     }
-    /// Bytes asked for per read, at most [`READ_BUFFER_SIZE`](crate::READ_BUFFER_SIZE) (the
-    /// default). A pipe whose writes stall when given more than its send buffer holds (a Unix
-    /// socket) reads less, so an echo of one read fits.
+    /// Bytes asked for per read: by default the whole [`READ_BUFFER_SIZE`](crate::READ_BUFFER_SIZE)
+    /// (larger values are cut to it, zero counts as one). A pipe whose writes stall when given
+    /// more than its send buffer holds (a Unix socket) asks for less, so the echo of one read
+    /// fits.
     fn read_size(&self) -> usize {
         crate::READ_BUFFER_SIZE
     }

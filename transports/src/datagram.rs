@@ -525,7 +525,7 @@ impl DatagramSocket {
                 break;
             }
             let result = self.with_socket(|s| {
-                // TRUNC: the full length of a datagram longer than the buffer.
+                // TRUNC: the full length of a datagram longer than the read size.
                 rustix::net::recvfrom(s.as_fd(), &mut buf[..DATAGRAM_READ_SIZE], RecvFlags::TRUNC)
                     .map_err(io::Error::from)
             });
