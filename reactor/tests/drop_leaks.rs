@@ -10,71 +10,10 @@ use torsion_reactor::prelude::*;
 use torsion_reactor::testing::{connect_pair, MemoryOptions, MemoryReactor, StringTransport};
 use torsion_reactor::{DelayedCall, LoopingCall, Producer};
 
-struct Counted(Rc<Cell<usize>>);
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() + 1);
-    }
-}
+#[path = "support/sticky.rs"]
+mod sticky;
 
-struct Prod(#[allow(dead_code)] Counted);
-impl Producer for Prod {
-    fn pause_producing(&mut self) {}
-    fn resume_producing(&mut self) {}
-    fn stop_producing(&mut self) {}
-}
-
-/// Keeps its own handle, a pending DelayedCall, a LoopingCall, registers a producer and
-/// pauses reading.
-struct Sticky {
-    _c: Counted,
-    drops: Rc<Cell<usize>>,
-    handle: Option<TransportHandle>,
-    timers: Vec<DelayedCall>,
-    looping: Option<LoopingCall>,
-}
-
-impl Sticky {
-    fn new(drops: &Rc<Cell<usize>>) -> Self {
-        Sticky {
-            _c: Counted(drops.clone()),
-            drops: drops.clone(),
-            handle: None,
-            timers: Vec::new(),
-            looping: None,
-        }
-    }
-}
-
-impl Protocol for Sticky {
-    fn connection_made(&mut self, t: &mut dyn Transport) {
-        let h = t.handle();
-        self.handle = Some(h.clone());
-        let reactor = t.reactor();
-        let c = Counted(self.drops.clone());
-        let h2 = h.clone();
-        self.timers
-            .push(reactor.call_later(Duration::from_secs(100), move |_| {
-                let _ = (&c, &h2);
-            }));
-        let c = Counted(self.drops.clone());
-        let h3 = h.clone();
-        self.looping = Some(LoopingCall::start(
-            &reactor,
-            Duration::from_secs(50),
-            false,
-            move |_, _| {
-                let _ = (&c, &h3);
-            },
-        ));
-        t.register_producer(Box::new(Prod(Counted(self.drops.clone()))), true);
-        t.pause_reading();
-    }
-    fn data_received(&mut self, _t: &mut dyn Transport, _d: &[u8]) {}
-}
-
-/// Objects counted per `Sticky`: itself, the timer closure, the looping closure, the producer.
-const PER_STICKY: usize = 4;
+use sticky::{Counted, Sticky, PER_STICKY};
 
 #[test]
 fn dropping_a_memory_reactor_frees_string_transport_protocols() {

@@ -8,92 +8,20 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use torsion_reactor::prelude::*;
+use torsion_reactor::DelayedCall;
 use torsion_reactor::{DatagramProtocol, DatagramTransport};
-use torsion_reactor::{DelayedCall, LoopingCall, Producer};
 use torsion_transports::tls::{self, ClientTlsConfig, ServerTlsConfig, TlsReactorExt, TlsRole};
 use torsion_transports::{DatagramPort, ReactorExt};
 
 use util::open_fds;
 
-thread_local!(static MADE: Cell<usize> = const { Cell::new(0) });
+#[path = "../../reactor/tests/support/sticky.rs"]
+mod sticky;
 
-struct Counted(Rc<Cell<usize>>);
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() + 1);
-    }
-}
+use sticky::{Counted, Sticky, MADE, PER_STICKY};
 
-struct Prod(#[allow(dead_code)] Counted);
-impl Producer for Prod {
-    fn pause_producing(&mut self) {}
-    fn resume_producing(&mut self) {}
-    fn stop_producing(&mut self) {}
-}
-
-/// Keeps its own handle, a pending DelayedCall, a LoopingCall, registers a producer and
-/// pauses reading.
-struct Sticky {
-    _c: Counted,
-    drops: Rc<Cell<usize>>,
-    handle: Option<TransportHandle>,
-    timers: Vec<DelayedCall>,
-    looping: Option<LoopingCall>,
-}
-
-impl Sticky {
-    fn new(drops: &Rc<Cell<usize>>) -> Self {
-        Sticky {
-            _c: Counted(drops.clone()),
-            drops: drops.clone(),
-            handle: None,
-            timers: Vec::new(),
-            looping: None,
-        }
-    }
-}
-
-impl Protocol for Sticky {
-    fn connection_made(&mut self, t: &mut dyn Transport) {
-        MADE.with(|m| m.set(m.get() + 1));
-        let h = t.handle();
-        self.handle = Some(h.clone());
-        let reactor = t.reactor();
-        let c = Counted(self.drops.clone());
-        let h2 = h.clone();
-        self.timers
-            .push(reactor.call_later(Duration::from_secs(100), move |_| {
-                let _ = (&c, &h2);
-            }));
-        let c = Counted(self.drops.clone());
-        let h3 = h.clone();
-        self.looping = Some(LoopingCall::start(
-            &reactor,
-            Duration::from_secs(50),
-            false,
-            move |_, _| {
-                let _ = (&c, &h3);
-            },
-        ));
-        t.register_producer(Box::new(Prod(Counted(self.drops.clone()))), true);
-        t.pause_reading();
-    }
-    fn data_received(&mut self, _t: &mut dyn Transport, _d: &[u8]) {}
-}
-
-/// Objects counted per `Sticky`: itself, the timer closure, the looping closure, the producer.
-const PER_STICKY: usize = 4;
-
-fn server_factory(drops: &Rc<Cell<usize>>) -> impl Factory {
-    let c = Counted(drops.clone());
-    let d = drops.clone();
-    move |_: &Address| {
-        let _ = &c;
-        Sticky::new(&d)
-    }
-}
-
-fn client_factory(drops: &Rc<Cell<usize>>) -> impl ClientFactory {
+/// A counted factory (a closure serves as both kinds) building `Sticky` protocols.
+fn sticky_factory(drops: &Rc<Cell<usize>>) -> impl Factory + ClientFactory {
     let c = Counted(drops.clone());
     let d = drops.clone();
     move |_: &Address| {
@@ -110,19 +38,19 @@ fn dropping_a_reactor_frees_tcp_and_unix_connections_and_closes_descriptors() {
     let reactor = Reactor::new().unwrap();
     // TCP: a listener with a connected client in the same reactor.
     let port = reactor
-        .listen_tcp("127.0.0.1:0", server_factory(&drops))
+        .listen_tcp("127.0.0.1:0", sticky_factory(&drops))
         .unwrap();
     let addr = util::port_addr(&port.local_address());
-    let connector = reactor.connect_tcp("127.0.0.1", addr.port(), client_factory(&drops));
+    let connector = reactor.connect_tcp("127.0.0.1", addr.port(), sticky_factory(&drops));
     // Unix, the same.
     let dir = std::env::temp_dir().join(format!("torsion-drop-{}", std::process::id()));
     let _ = std::fs::remove_file(&dir);
-    let uport = reactor.listen_unix(&dir, server_factory(&drops)).unwrap();
-    let uconnector = reactor.connect_unix(&dir, client_factory(&drops));
+    let uport = reactor.listen_unix(&dir, sticky_factory(&drops)).unwrap();
+    let uconnector = reactor.connect_unix(&dir, sticky_factory(&drops));
     // Two server and two client protocols made.
     util::run_until(&reactor, "four connections", || MADE.with(Cell::get) == 4);
     // A connector still connecting / resolving.
-    let pending = reactor.connect_tcp("localhost", addr.port(), client_factory(&drops));
+    let pending = reactor.connect_tcp("localhost", addr.port(), sticky_factory(&drops));
     drop((port, uport, connector, uconnector, pending));
     drop(reactor);
     // 4 factories (+1 pending connector's), 4 protocols with their timers and producers.
