@@ -230,6 +230,70 @@ fn alpn_is_negotiated_and_readable() {
     assert_eq!(alpn(&sl).as_deref(), Some(&b"http/1.1"[..]));
 }
 
+/// The cipher suite a handshake between `client` and `server` settles on.
+fn negotiated_suite(client: &ClientTlsConfig, server: &ServerTlsConfig) -> rustls::CipherSuite {
+    let mr = MemoryReactor::new();
+    let (cl, sl) = (log(), log());
+    let _pair = connect_pair(
+        mr.reactor(),
+        TlsProtocol::client(Rec::new(&cl), client, "localhost").unwrap(),
+        TlsProtocol::server(Rec::new(&sl), server),
+        MemoryOptions::default(),
+    );
+    mr.run_until_idle();
+    let suite = |l: &Shared| l.borrow().session.clone().unwrap().cipher_suite.unwrap();
+    assert_eq!(suite(&cl), suite(&sl));
+    suite(&sl)
+}
+
+/// A rustls client with rustls's own defaults (AES-256-GCM first), trusting `c`'s CA.
+fn rustls_default_client(c: &DevCerts) -> ClientTlsConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in tls::load_certificates(&c.ca_cert).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "rustls's own first choice"
+    );
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    ClientTlsConfig::from_rustls(std::sync::Arc::new(config))
+}
+
+#[test]
+fn server_chooses_aes128_gcm_unless_told_to_follow_the_client() {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    let (_d, c) = certs(&[]);
+    let server = |client_order| {
+        ServerTlsConfig::builder_from_pem_files(&c.server_cert, &c.server_key)
+            .unwrap()
+            .prefer_client_cipher_order(client_order)
+            .build()
+            .unwrap()
+    };
+    let aes256_first = rustls_default_client(&c);
+    assert_eq!(
+        negotiated_suite(&aes256_first, &server(false)),
+        TLS13_AES_128_GCM_SHA256
+    );
+    assert_eq!(
+        negotiated_suite(&aes256_first, &server(true)),
+        TLS13_AES_256_GCM_SHA384
+    );
+    // torsion's own clients offer AES-128-GCM first.
+    let ours = ClientTlsConfig::with_ca_file(&c.ca_cert).unwrap();
+    assert_eq!(
+        negotiated_suite(&ours, &server(true)),
+        TLS13_AES_128_GCM_SHA256
+    );
+}
+
 /// A client trusting `ca`'s CA and presenting `cert`'s client certificate.
 fn mtls_client(ca: &DevCerts, cert: &DevCerts) -> ClientTlsConfig {
     ClientTlsConfig::builder()
