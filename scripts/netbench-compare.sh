@@ -5,7 +5,8 @@
 #   scripts/netbench-compare.sh [ONLY-regex] > netbench.log 2>&1
 #
 # Needs `cargo build --release` here and netbench built (NB=path/to/netbench; default
-# ../shared/netbench/target/release/netbench). ROUNDS (5), SECS (3) and WARMUP (1) tune it.
+# ../shared/netbench/target/release/netbench). ROUNDS (5), SECS (3) and WARMUP (1) tune it;
+# T=path/to/torsion measures another build (default target/release/torsion).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NB=${NB:-../shared/netbench/target/release/netbench}
@@ -13,7 +14,7 @@ ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-3}
 WARMUP=${WARMUP:-1}
 ONLY=${1:-.}
-T=target/release/torsion
+T=${T:-target/release/torsion}
 
 run() { # label, a-cmd, b-cmd, b-name, netbench args...
   local label=$1 a=$2 b=$3 bname=$4

@@ -4,7 +4,7 @@
 #
 #   scripts/netbench-tls.sh [ONLY-regex] > netbench-tls.log 2>&1
 #
-# Same environment as scripts/netbench-compare.sh (NB, ROUNDS, SECS, WARMUP).
+# Same environment as scripts/netbench-compare.sh (NB, ROUNDS, SECS, WARMUP, T).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NB=${NB:-../shared/netbench/target/release/netbench}
@@ -12,7 +12,8 @@ ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-3}
 WARMUP=${WARMUP:-1}
 ONLY=${1:-.}
-A="target/release/torsion serve echo --listen tls:{port}:interface=127.0.0.1:certKey={cert}:privateKey={key}"
+T=${T:-target/release/torsion}
+A="$T serve echo --listen tls:{port}:interface=127.0.0.1:certKey={cert}:privateKey={key}"
 B="$NB peer tokio-st --port {port} --tls {cert} {key}"
 for spec in "bulk-tls-c1:bulk:1" "bulk-tls-c8:bulk:8" "pingpong-tls-c64:pingpong:64" "churn-tls-c16:churn:16"; do
   IFS=: read -r label scenario conns <<<"$spec"
