@@ -65,9 +65,10 @@ impl Default for TlsLimits {
 ///
 /// rustls lists AES-256-GCM first. AES-128-GCM is as safe for TLS (it is TLS 1.3's
 /// mandatory suite and first in Mozilla's recommended order) and cheaper on both ends: 10
-/// AES rounds instead of 14 per block, and in TLS 1.3 a SHA-256 handshake (the SHA extensions
-/// of current x86 and ARM processors) instead of SHA-384 (no such support: a quarter of a
-/// server's handshake CPU in our measurements, BENCHMARKS.md).
+/// AES rounds instead of 14 per block, and in TLS 1.3 a SHA-256 key schedule (computed with
+/// the SHA extensions of current x86 and ARM processors) instead of SHA-384 (which most
+/// processors compute without such help: about 14 % of a server's CPU in TLS handshakes in
+/// our profiles, BENCHMARKS.md).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     use rustls::CipherSuite::{
         TLS13_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
