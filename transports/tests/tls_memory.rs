@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -252,7 +253,7 @@ fn rustls_default_client(c: &DevCerts) -> ClientTlsConfig {
     for cert in tls::load_certificates(&c.ca_cert).unwrap() {
         roots.add(cert).unwrap();
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     assert_eq!(
         provider.cipher_suites[0].suite(),
         rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
@@ -263,7 +264,7 @@ fn rustls_default_client(c: &DevCerts) -> ClientTlsConfig {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    ClientTlsConfig::from_rustls(std::sync::Arc::new(config))
+    ClientTlsConfig::from_rustls(Arc::new(config))
 }
 
 #[test]

@@ -61,14 +61,8 @@ impl Default for TlsLimits {
 }
 
 /// The `ring` provider with rustls's default (safe) cipher suites, AES-128-GCM first within
-/// each protocol version.
-///
-/// rustls lists AES-256-GCM first. AES-128-GCM is as safe for TLS (it is TLS 1.3's
-/// mandatory suite and first in Mozilla's recommended order) and cheaper on both ends: 10
-/// AES rounds instead of 14 per block, and in TLS 1.3 a SHA-256 key schedule (computed with
-/// the SHA extensions of current x86 and ARM processors) instead of SHA-384 (which most
-/// processors compute without such help: about 14 % of a server's CPU in TLS handshakes in
-/// our profiles, BENCHMARKS.md).
+/// each protocol version (rustls lists AES-256-GCM first; why, in
+/// [`ServerTlsConfigBuilder::prefer_client_cipher_order`]).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     use rustls::CipherSuite::{
         TLS13_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
@@ -380,9 +374,11 @@ impl ServerTlsConfigBuilder {
     ///
     /// By default the server takes AES-128-GCM whenever the client offers it, whatever the
     /// client's order: it is as safe for TLS as AES-256-GCM (TLS 1.3's mandatory suite, first
-    /// in Mozilla's recommended order) and costs the server markedly less, in handshakes (a
-    /// SHA-256 rather than a SHA-384 key schedule) and in bulk (10 AES rounds rather than 14),
-    /// as Go's TLS stack also prefers it. Turn this on when clients without AES hardware are
+    /// in Mozilla's recommended order) and costs both ends less: in handshakes a SHA-256 key
+    /// schedule, computed with the SHA extensions of current processors, rather than SHA-384,
+    /// which most compute without such help (about 14 % of a server's CPU in TLS handshakes
+    /// in our profiles, BENCHMARKS.md); in bulk 10 AES rounds per block rather than 14. Go's
+    /// TLS stack prefers it too. Turn this on when clients without AES hardware are
     /// expected (they put ChaCha20-Poly1305 first, which the server then honours), or when a
     /// client's choice of AES-256-GCM must be honoured.
     pub fn prefer_client_cipher_order(mut self, on: bool) -> Self {
