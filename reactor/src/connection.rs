@@ -1241,6 +1241,13 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     }
 
     fn redirect_handles(&self, to: TransportHandle) {
+        // A layer that is this connection's first protocol (a TLS port's, say): nothing was
+        // held or handed out before it, and the handles asked for from now on (the port's, the
+        // connector's) reach it, so that closing the port's connections closes the layer.
+        if self.swap.borrow().is_none() && !self.is_closing() {
+            *self.swap.borrow_mut() = Some(Box::new(Swap::Done(to)));
+            return;
+        }
         let Some(Swap::Handover { held, handles }) = self.take_swap(false) else {
             return;
         };

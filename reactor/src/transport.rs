@@ -202,8 +202,10 @@ pub trait Transport {
     /// from the layer). Handles the layer takes itself in `connection_made` stay on this
     /// connection: a layer must take its own handle there, not keep one from before the swap
     /// (that one now leads back to the layer). Handles asked of this connection once the
-    /// layer's `connection_made` returned (a port's or connector's) reach `to` too. Does
-    /// nothing elsewhere.
+    /// layer's `connection_made` returned (a port's or connector's) reach `to` too. A layer
+    /// that is a connection's first protocol (no swap: a TLS port's) calls it the same way
+    /// from its `connection_made`, so that the handles asked for later (those a listening
+    /// port closes its connections with, say) reach the layer. Does nothing elsewhere.
     fn redirect_handles(&self, to: TransportHandle) {
         let _ = to;
     }

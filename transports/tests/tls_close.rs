@@ -12,6 +12,8 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod util;
+
 use torsion_reactor::prelude::*;
 use torsion_reactor::testing::{connect_pair, MemoryOptions, MemoryReactor, StringTransport};
 use torsion_transports::tls::{
@@ -609,7 +611,18 @@ fn fin_without_close_notify_after_our_half_close_is_truncation() {
     let (_d, c) = certs();
     let mr = MemoryReactor::new();
     let (cl, sl) = (log(), log());
-    let pair = connect_pair(
+    let (server, raw) = util::RawEnd::new(TlsProtocol::server(
+        rec(
+            &sl,
+            Script {
+                half_close: true,
+                on_read_lost: OnReadLost::Nothing,
+                ..Script::default()
+            },
+        ),
+        &server_config(&c),
+    ));
+    let _pair = connect_pair(
         mr.reactor(),
         TlsProtocol::client(
             rec(
@@ -624,24 +637,14 @@ fn fin_without_close_notify_after_our_half_close_is_truncation() {
             "localhost",
         )
         .unwrap(),
-        TlsProtocol::server(
-            rec(
-                &sl,
-                Script {
-                    half_close: true,
-                    on_read_lost: OnReadLost::Nothing,
-                    ..Script::default()
-                },
-            ),
-            &server_config(&c),
-        ),
+        server,
         MemoryOptions::default(),
     );
     mr.run_until_idle();
     assert!(sl.borrow().read_lost);
     assert!(cl.borrow().lost.is_none());
     // The server's stream closes (FIN) without a TLS close_notify.
-    pair.server.lose_connection();
+    raw.borrow().clone().unwrap().lose_connection();
     mr.run_until_idle();
     let reason = lost_once(&cl);
     assert!(

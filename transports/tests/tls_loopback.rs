@@ -831,3 +831,39 @@ fn after_the_handshake_stop_connecting_does_nothing_and_disconnect_closes_cleanl
     );
     assert!(heard.failed.is_empty(), "{:?}", heard.failed);
 }
+
+/// Closing a TLS port's connections (`lose_connections`, as `torsion serve` does on Ctrl-C)
+/// sends close_notify first: both ends see a clean close, not a truncation.
+#[test]
+fn a_tls_ports_lose_connections_sends_close_notify() {
+    let (_d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let server = util::record();
+    let s = server.clone();
+    let port = reactor
+        .listen_tls("127.0.0.1:0", &server_config(&c), move |_: &Address| {
+            util::Recorder::echo(&s)
+        })
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    let (factory, heard, rec) = Watcher::new();
+    reactor.connect_tls("127.0.0.1", addr.port(), &client_config(&c), factory);
+    let (r, s) = (rec.clone(), server.clone());
+    run_until(&reactor, "the handshake", move || {
+        r.borrow().made && s.borrow().made
+    });
+    assert_eq!(port.connection_count(), 1);
+
+    port.lose_connections();
+    let (h, s) = (heard.clone(), server.clone());
+    run_until(&reactor, "both ends to close", move || {
+        !h.borrow().lost.is_empty() && util::is_lost(&s)
+    });
+    util::assert_lost_once(&rec, "client", CloseReason::is_clean);
+    util::assert_lost_once(&server, "server", CloseReason::is_clean);
+    assert!(
+        matches!(heard.borrow().lost.as_slice(), [CloseReason::Done]),
+        "{:?}",
+        heard.borrow().lost
+    );
+}

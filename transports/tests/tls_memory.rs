@@ -7,6 +7,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod util;
+
 use rcgen::{CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -468,19 +470,20 @@ fn eof_without_close_notify_is_truncation() {
     let (_d, c) = certs(&[]);
     let mr = MemoryReactor::new();
     let (cl, sl) = (log(), log());
-    let pair = connect_pair(
+    let (server, raw) = util::RawEnd::new(TlsProtocol::server(
+        Rec::greeting(&sl, b"partial", usize::MAX),
+        &server_config(&c),
+    ));
+    let _pair = connect_pair(
         mr.reactor(),
         TlsProtocol::client(Rec::new(&cl), &client_config(&c), "localhost").unwrap(),
-        TlsProtocol::server(
-            Rec::greeting(&sl, b"partial", usize::MAX),
-            &server_config(&c),
-        ),
+        server,
         MemoryOptions::default(),
     );
     mr.run_until_idle();
     assert_eq!(cl.borrow().data, b"partial");
     // The server's stream closes (FIN) without a TLS close_notify.
-    pair.server.lose_connection();
+    raw.borrow().clone().unwrap().lose_connection();
     mr.advance(Duration::from_secs(1));
     let err = tls_error(&cl.borrow().lost);
     assert!(matches!(err, TlsError::Truncated), "{err}");

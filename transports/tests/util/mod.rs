@@ -381,3 +381,55 @@ impl ClientFactory for SenderFactory {
         self.log.borrow_mut().factory_lost = Some(reason);
     }
 }
+
+/// Wraps a layer (a TLS protocol) and keeps a handle to the bare stream beneath it, taken in
+/// `connection_made` before the layer takes over the connection's handles: closing through
+/// it sends a plain FIN (no TLS `close_notify`), as a peer's crashing TLS stack would.
+pub struct RawEnd<P> {
+    /// The wrapped layer.
+    pub inner: P,
+    /// The bare stream's handle, once connected.
+    pub raw: Rc<RefCell<Option<TransportHandle>>>,
+}
+
+impl<P: Protocol> RawEnd<P> {
+    /// `inner`, and where its bare stream's handle will be.
+    pub fn new(inner: P) -> (Self, Rc<RefCell<Option<TransportHandle>>>) {
+        let raw = Rc::new(RefCell::new(None));
+        (
+            RawEnd {
+                inner,
+                raw: raw.clone(),
+            },
+            raw,
+        )
+    }
+}
+
+impl<P: Protocol> Protocol for RawEnd<P> {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        *self.raw.borrow_mut() = Some(t.handle());
+        self.inner.connection_made(t);
+    }
+    fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+        self.inner.data_received(t, data);
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.inner.connection_lost(reason);
+    }
+    fn half_close(&self) -> bool {
+        self.inner.half_close()
+    }
+    fn read_connection_lost(&mut self, t: &mut dyn Transport) {
+        self.inner.read_connection_lost(t);
+    }
+    fn write_connection_lost(&mut self, t: &mut dyn Transport) {
+        self.inner.write_connection_lost(t);
+    }
+    fn pause_producing(&mut self, t: &mut dyn Transport) {
+        self.inner.pause_producing(t);
+    }
+    fn resume_producing(&mut self, t: &mut dyn Transport) {
+        self.inner.resume_producing(t);
+    }
+}
