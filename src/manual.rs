@@ -148,6 +148,15 @@
 //! shutdown timeout) before the `During` and `After` triggers run and `run` returns.
 //! `torsion serve` uses this to stop listening, close every connection gracefully and exit.
 //!
+//! What is still open when `run` returns stays open (`run` may be called again). Dropping the
+//! last handle to the reactor ends it, as Twisted's reactor does on shutdown: each connection
+//! closes at once (unwritten data is dropped) and hears `connection_lost` with
+//! [`CloseReason::Aborted`](crate::CloseReason::Aborted), a client factory hears
+//! `client_connection_lost` (or `client_connection_failed` for an attempt under way), each
+//! port stops listening (its factory's stop hook runs) and each datagram protocol hears
+//! `stop_protocol`. To close gracefully instead, close before `run` returns (the `Before`
+//! phase with a hold, as `torsion serve` does).
+//!
 //! # Backends
 //!
 //! On Linux the reactor uses level-triggered epoll directly (through rustix): one system call

@@ -939,6 +939,14 @@ impl<IO: StreamIo> StreamConnection<IO> {
 }
 
 impl<IO: StreamIo> Source for StreamConnection<IO> {
+    fn reactor_closing(&self) {
+        // At once, what was not written yet dropped, as an abort; but the socket closes as it
+        // always did when a reactor went away (a FIN, not a reset).
+        self.finish(CloseReason::Aborted, false);
+        // Now: a delivery scheduled before is among the work the reactor drops unrun.
+        self.deliver_pending();
+    }
+
     fn reactor_dropped(&self) {
         self.st.borrow_mut().phase = Phase::Closed;
         // Each taken out before it is dropped (no borrow held): a protocol's or producer's

@@ -59,7 +59,9 @@ pub trait Protocol: 'static {
     /// Bytes arrived from the peer.
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]);
 
-    /// The connection is closed, for `reason`; called exactly once, and last.
+    /// The connection is closed, for `reason`; called exactly once, and last (also for a
+    /// connection still open when its reactor is dropped: then with
+    /// [`CloseReason::Aborted`]).
     fn connection_lost(&mut self, reason: CloseReason) {
         let _ = reason;
     }

@@ -156,6 +156,49 @@ fn signal_users_left() {
     }
 }
 
+/// How many rounds of "call soon" work the close on drop runs (see `Drop for Reactor`).
+const CLOSE_ROUNDS: usize = 64;
+
+/// Dropping the last handle to a reactor that is not running ends everything still open on it
+/// as Twisted's reactor does when it shuts down: each connection is closed at once (what it
+/// had not written yet is dropped; the peer sees the socket close) and hears
+/// `connection_lost` ([`CloseReason::Aborted`](crate::CloseReason::Aborted)), each listening
+/// port stops (its factory's stop hook runs), each datagram protocol hears `stop_protocol`
+/// and each connection attempt fails. The reactor still exists while those callbacks run; what
+/// they open or schedule then is dropped with it, without callbacks.
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.inner) != 1 || self.inner.in_run.get() {
+            return;
+        }
+        let mut sources = self.inner.slots.borrow().all();
+        sources.extend(
+            self.inner
+                .detached
+                .borrow()
+                .iter()
+                .filter_map(Weak::upgrade),
+        );
+        if sources.is_empty() {
+            return;
+        }
+        // Work queued before and never run is dropped with the reactor, as always (run now, it
+        // could start new work: a connection attempt's name resolution); only what the closing
+        // itself queues runs.
+        let queued = std::mem::take(&mut *self.inner.soon.borrow_mut());
+        for source in &sources {
+            source.reactor_closing();
+        }
+        drop(sources);
+        for _ in 0..CLOSE_ROUNDS {
+            if self.run_soon() == 0 {
+                break;
+            }
+        }
+        drop(queued);
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         {
@@ -329,7 +372,10 @@ impl Reactor {
     /// Runs the loop until [`stop`](Reactor::stop) completes.
     ///
     /// Startup triggers ([`when_running`](Reactor::when_running)) run first. Returns an error
-    /// only if the backend fails (for example the poller cannot be waited on).
+    /// only if the backend fails (for example the poller cannot be waited on). Connections,
+    /// ports and timers outlive the return, so `run` may be called again; dropping the last
+    /// handle to the reactor closes whatever is still open, with its callbacks (see
+    /// `Drop for Reactor` below).
     pub fn run(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.in_run.replace(true) {

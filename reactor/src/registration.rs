@@ -23,6 +23,12 @@ pub trait Source {
     /// The source's descriptor is ready as described.
     fn ready(&self, readiness: Readiness);
 
+    /// The last handle to the reactor is being dropped (outside `run`) with this source still
+    /// registered: end it as its own close would, running the user's callbacks (a
+    /// connection's `connection_lost`, a port's factory stop hook); the reactor still exists
+    /// while they run. [`reactor_dropped`](Source::reactor_dropped) follows.
+    fn reactor_closing(&self) {}
+
     /// The reactor is being dropped with this source still registered: close the descriptor
     /// and let go of every reference that could keep objects alive in a cycle. No user
     /// callback may run here.
@@ -95,6 +101,11 @@ impl Slots {
 
     pub(crate) fn live(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    /// Every registered source.
+    pub(crate) fn all(&self) -> Vec<Rc<dyn Source>> {
+        self.slots.iter().filter_map(|s| s.source.clone()).collect()
     }
 
     pub(crate) fn drain(&mut self) -> Vec<Rc<dyn Source>> {

@@ -421,6 +421,10 @@ impl ConnectorInner {
 }
 
 impl Source for ConnectorInner {
+    fn reactor_closing(&self) {
+        self.stop_connecting();
+    }
+
     fn reactor_dropped(&self) {
         drop(std::mem::replace(
             &mut *self.state.borrow_mut(),

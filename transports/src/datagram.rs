@@ -566,6 +566,10 @@ impl DatagramSocket {
 }
 
 impl Source for DatagramSocket {
+    fn reactor_closing(&self) {
+        self.stop_listening();
+    }
+
     fn reactor_dropped(&self) {
         self.stopped.set(true);
         drop(self.reg.borrow_mut().take());

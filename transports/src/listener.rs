@@ -301,6 +301,10 @@ impl Listener {
 }
 
 impl Source for Listener {
+    fn reactor_closing(&self) {
+        self.stop();
+    }
+
     fn reactor_dropped(&self) {
         // The socket closes here, so `stop_listening` can no longer tell the port is open:
         // remove its socket file now (no user callback runs) or it would be left behind.

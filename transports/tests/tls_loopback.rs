@@ -867,3 +867,39 @@ fn a_tls_ports_lose_connections_sends_close_notify() {
         heard.borrow().lost
     );
 }
+
+/// A handle to a TLS connection kept past its reactor (a chat room's list of clients, say) is
+/// safe to use: writes and closes are ignored, as over TCP (they panicked, reaching for the
+/// reactor to schedule the encryption).
+#[test]
+fn a_tls_handle_used_after_its_reactor_is_dropped_is_ignored() {
+    let (_d, c) = certs(&[]);
+    let reactor = Reactor::new().unwrap();
+    let server = util::record();
+    let s = server.clone();
+    let port = reactor
+        .listen_tls("127.0.0.1:0", &server_config(&c), move |_: &Address| {
+            util::Recorder::echo(&s)
+        })
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    let (factory, _heard, rec) = Watcher::new();
+    reactor.connect_tls("127.0.0.1", addr.port(), &client_config(&c), factory);
+    let (r, s) = (rec.clone(), server.clone());
+    run_until(&reactor, "the handshake", move || {
+        r.borrow().made && s.borrow().made
+    });
+    let handles = [
+        rec.borrow().handle.clone().expect("client connected"),
+        server.borrow().handle.clone().expect("server connected"),
+    ];
+    drop((port, reactor));
+    for h in &handles {
+        h.write(b"after the reactor");
+        h.lose_connection();
+        h.abort_connection();
+        assert!(h.is_closing());
+    }
+    util::assert_lost_once(&rec, "client", |r| matches!(r, CloseReason::Aborted));
+    util::assert_lost_once(&server, "server", |r| matches!(r, CloseReason::Aborted));
+}

@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use torsion_reactor::{
     catch_unwind_message, Address, ClientFactory, CloseReason, Connector, ConnectorOps,
     DelayedCall, Factory, Keepalive, PeerCredentials, Producer, Protocol, Reactor, SharedFactory,
-    Transport, TransportHandle,
+    Transport, TransportHandle, WeakReactor,
 };
 
 use super::config::{ClientTlsConfig, ServerTlsConfig, TlsLimits};
@@ -149,6 +149,9 @@ struct St {
 pub(crate) struct Shared {
     me: Weak<Shared>,
     raw: TransportHandle,
+    /// The reactor, for this layer's own timers and deferred work: weak, as a handle may be
+    /// used (or a protocol dropped) after the reactor is gone, when that work is skipped.
+    reactor: WeakReactor,
     st: RefCell<St>,
     client_name: Option<String>,
     close_timeout: Duration,
@@ -224,8 +227,10 @@ impl Shared {
         if self.flush_scheduled.replace(true) {
             return;
         }
-        let weak = self.me.clone();
-        self.raw.reactor().call_soon(move |_| {
+        let (weak, Some(reactor)) = (self.me.clone(), self.reactor.upgrade()) else {
+            return;
+        };
+        reactor.call_soon(move |_| {
             if let Some(s) = weak.upgrade() {
                 s.flush_scheduled.set(false);
                 s.flush();
@@ -294,8 +299,10 @@ impl Shared {
         if self.st.borrow().closed {
             return;
         }
-        let weak = self.me.clone();
-        let timer = self.raw.reactor().call_later(after, move |_| {
+        let (weak, Some(reactor)) = (self.me.clone(), self.reactor.upgrade()) else {
+            return;
+        };
+        let timer = reactor.call_later(after, move |_| {
             if let Some(s) = weak.upgrade() {
                 s.close_timer_fired();
             }
@@ -356,8 +363,10 @@ impl Shared {
         if self.delivery_scheduled.replace(true) {
             return;
         }
-        let weak = self.me.clone();
-        self.raw.reactor().call_soon(move |_| {
+        let (weak, Some(reactor)) = (self.me.clone(), self.reactor.upgrade()) else {
+            return;
+        };
+        reactor.call_soon(move |_| {
             let Some(s) = weak.upgrade() else {
                 return;
             };
@@ -895,6 +904,7 @@ impl Protocol for TlsProtocol {
         let shared = Rc::new_cyclic(|me| Shared {
             me: me.clone(),
             raw: raw.handle(),
+            reactor: raw.reactor().downgrade(),
             st: RefCell::new(St {
                 conn,
                 plain_out: Vec::new(),
