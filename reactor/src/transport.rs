@@ -216,6 +216,13 @@ pub trait Transport {
 
     /// The reactor this connection lives on (for timers and further connections).
     fn reactor(&self) -> Reactor;
+
+    /// The transport this one wraps, for a transport that puts itself between a protocol and
+    /// its connection (a policy's, such as an idle timeout's): accessors of a layer beneath
+    /// (the TLS session) look through it. `None` (the default) for a connection's own.
+    fn wrapped(&self) -> Option<TransportHandle> {
+        None
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &T {
@@ -281,6 +288,9 @@ impl<T: Transport + ?Sized> Transport for &T {
     }
     fn reactor(&self) -> Reactor {
         (**self).reactor()
+    }
+    fn wrapped(&self) -> Option<TransportHandle> {
+        (**self).wrapped()
     }
 }
 

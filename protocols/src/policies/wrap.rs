@@ -136,6 +136,9 @@ impl<H: Hooks> Transport for Hooked<H> {
     fn reactor(&self) -> Reactor {
         self.inner.reactor()
     }
+    fn wrapped(&self) -> Option<TransportHandle> {
+        Some(self.inner.clone())
+    }
 }
 
 /// Forwards the `Protocol` callbacks a policy does not change to `self.inner`, with the

@@ -83,7 +83,8 @@ pub struct TlsSession {
 }
 
 /// The TLS session of a connection, if `transport` is a TLS transport (the one a protocol
-/// receives in its callbacks on a TLS connection, or a handle of it).
+/// receives in its callbacks on a TLS connection, or a handle of it), or wraps one (a
+/// policy's transport, see [`Transport::wrapped`]).
 ///
 /// ```no_run
 /// # use torsion_reactor::Transport;
@@ -94,9 +95,14 @@ pub struct TlsSession {
 /// # }
 /// ```
 pub fn session(transport: &dyn Transport) -> Option<TlsSession> {
-    let handle = transport.handle();
-    let key = key_of(&*handle);
-    let shared = SESSIONS.with(|m| m.borrow().get(&key).and_then(Weak::upgrade))?;
+    let mut handle = transport.handle();
+    let shared = loop {
+        let key = key_of(&*handle);
+        if let Some(shared) = SESSIONS.with(|m| m.borrow().get(&key).and_then(Weak::upgrade)) {
+            break shared;
+        }
+        handle = handle.wrapped()?;
+    };
     let st = shared.st.try_borrow().ok()?;
     let conn = &st.conn;
     let (server_name, is_server) = match conn {
