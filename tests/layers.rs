@@ -9,9 +9,12 @@ use torsion::protocols::policies::IdleTimeout;
 use torsion::testing::{connect_pair, MemoryOptions, MemoryReactor};
 use torsion::transports::tls::{self, ClientTlsConfig, ServerTlsConfig, TlsProtocol};
 
-/// Records the ALPN protocol and the peer's certificate count `tls::session` reports through
-/// the transport it is given.
-struct SeesSession(Rc<RefCell<Option<(Option<Vec<u8>>, usize)>>>);
+/// What a protocol saw of the session: the ALPN protocol and how many certificates the peer
+/// presented.
+type Seen = Option<(Option<Vec<u8>>, usize)>;
+
+/// Records what `tls::session` reports through the transport it is given.
+struct SeesSession(Rc<RefCell<Seen>>);
 
 impl Protocol for SeesSession {
     fn connection_made(&mut self, t: &mut dyn Transport) {

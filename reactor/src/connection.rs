@@ -828,7 +828,9 @@ impl<IO: StreamIo> StreamConnection<IO> {
             return;
         }
         st.write_shut = true;
-        let half = st.phase == Phase::Open;
+        // The protocol asked for a half-close: told once the FIN is out, even when a full
+        // close came meanwhile (the peer's FIN, with no half-close support, or its own).
+        let half = st.write_closing;
         let read_eof = st.read_eof;
         drop(st);
         let result = match self.io.borrow_mut().as_mut() {

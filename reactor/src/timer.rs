@@ -271,6 +271,10 @@ struct LoopState {
 /// A panic in the function is caught and logged and stops the loop, as an exception does in
 /// Twisted ([`running`](Self::running) turns `false`).
 ///
+/// Dropping the `LoopingCall` stops it (Twisted's runs until stopped): keep it for as long as
+/// the loop should run, in the protocol or object whose work it does, so that the loop ends
+/// with its owner and a forgotten loop cannot tick on (or keep what it captured alive).
+///
 /// ```
 /// use std::{cell::Cell, rc::Rc, time::Duration};
 /// use torsion_reactor::{testing::MemoryReactor, LoopingCall};
@@ -285,6 +289,7 @@ struct LoopState {
 /// assert_eq!(ticks.get(), 3);
 /// looping.stop();
 /// ```
+#[must_use = "dropping a LoopingCall stops it; keep it for as long as it should run"]
 pub struct LoopingCall {
     state: Rc<LoopState>,
 }

@@ -178,6 +178,32 @@ fn half_closing_after_the_peer_reports_write_connection_lost() {
     assert!(l.contains(&"write_lost".to_string()), "events: {l:?}");
 }
 
+/// A protocol without half-close support half-closes with data still buffered, then the
+/// peer's FIN turns that into a full close: write_connection_lost still comes, once the FIN
+/// went out, and before connection_lost (it was skipped).
+#[test]
+fn half_close_overtaken_by_the_peers_fin_still_reports_write_connection_lost() {
+    let mr = MemoryReactor::new();
+    let log: Log = Default::default();
+    let p = P::new(&log, false);
+    let st = StringTransport::with_options(&mr, p, opts(10, 1000, 100));
+    st.transport().write(&[7; 100]);
+    st.transport().lose_write_connection();
+    st.feed_eof();
+    mr.run_until_idle();
+    assert!(!st.fin_received(), "90 bytes still wait for room");
+    assert!(st.lost().is_none());
+    let mut taken = 0;
+    for _ in 0..20 {
+        taken += st.take().len();
+        mr.run_until_idle();
+    }
+    assert_eq!(taken, 100);
+    assert!(st.fin_received());
+    let l = log.borrow().clone();
+    assert_eq!(l, ["write_lost", "lost Done"]);
+}
+
 /// lose_connection while reading is paused, against a peer that keeps sending: the close
 /// timeout still ends it.
 #[test]

@@ -201,13 +201,20 @@ pub(crate) fn listen(
     let socket = new_socket().map_err(|e| Error::io("create a Unix socket", e))?;
     let lock = lock_dir(path);
     let file = bind_path(&socket, Type::STREAM, &addr, path)?;
-    if let Some(mode) = options.mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io(format!("set mode {mode:o} on {shown}"), e))?;
+    let ready = match options.mode {
+        Some(mode) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(format!("set mode {mode:o} on {shown}"), e)),
+        None => Ok(()),
     }
-    socket
-        .listen(options.backlog)
-        .map_err(|e| Error::io(format!("listen on {shown}"), e))?;
+    .and_then(|()| {
+        socket
+            .listen(options.backlog)
+            .map_err(|e| Error::io(format!("listen on {shown}"), e))
+    });
+    if let Err(e) = ready {
+        file.remove(); // bound, but no port will ever remove it
+        return Err(e);
+    }
     drop(lock);
     Listener::start(
         reactor,
