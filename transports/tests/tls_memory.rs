@@ -18,7 +18,7 @@ use torsion_reactor::testing::{
 };
 use torsion_transports::tls::{
     self, ClientTlsConfig, DevCerts, ServerTlsConfig, TlsError, TlsProtocol, TlsRole, TlsSession,
-    DEFAULT_TLS_BUFFER_LIMIT,
+    DEFAULT_TLS_BUFFER_LIMIT, MAX_EARLY_PLAINTEXT,
 };
 
 #[derive(Default)]
@@ -1788,4 +1788,67 @@ fn wildcard_dev_certificate_covers_a_subdomain() {
     assert_eq!(cl.borrow().data, b"ping");
     let err = client_rejects(server_config(&c), client_config(&c), "example.test");
     assert!(err.certificate_error().is_some(), "{err}");
+}
+
+/// Upgrades as the client in `connection_made`, then writes `flood` bytes at once, before the
+/// handshake can complete.
+struct EarlyFlood {
+    role: Option<TlsRole>,
+    flood: usize,
+    log: Shared,
+}
+
+impl Protocol for EarlyFlood {
+    fn connection_made(&mut self, t: &mut dyn Transport) {
+        assert!(tls::start_tls(t, self.role.take().unwrap()));
+        let chunk = vec![b'x'; 1 << 20];
+        let mut left = self.flood;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            t.write(&chunk[..n]);
+            left -= n;
+        }
+    }
+    fn data_received(&mut self, _: &mut dyn Transport, _: &[u8]) {}
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.log.borrow_mut().lost = Some(reason);
+    }
+}
+
+/// Plaintext held for a handshake that has not completed is bounded: past
+/// `MAX_EARLY_PLAINTEXT` the connection is aborted with `WriteBufferOverflow` (it grew without
+/// limit for as long as the handshake deadline); up to it, it all goes out once the handshake
+/// is done.
+#[test]
+fn plaintext_written_before_the_handshake_is_bounded() {
+    let (_d, c) = certs(&[]);
+    for (flood, overflows) in [(MAX_EARLY_PLAINTEXT + 1, true), (3 << 20, false)] {
+        let mr = MemoryReactor::new();
+        let (cl, sl) = (log(), log());
+        let client = EarlyFlood {
+            role: Some(TlsRole::Client {
+                config: client_config(&c),
+                server_name: "localhost".into(),
+            }),
+            flood,
+            log: cl.clone(),
+        };
+        let server = TlsProtocol::server(Rec::new(&sl), &server_config(&c));
+        let _pair = connect_pair(mr.reactor(), client, server, MemoryOptions::default());
+        mr.advance(Duration::from_secs(1));
+        if overflows {
+            assert!(
+                matches!(
+                    cl.borrow().lost,
+                    Some(CloseReason::WriteBufferOverflow { limit }) if limit == MAX_EARLY_PLAINTEXT
+                ),
+                "{:?}",
+                cl.borrow().lost
+            );
+            assert!(sl.borrow().data.is_empty());
+        } else {
+            assert!(cl.borrow().lost.is_none(), "{:?}", cl.borrow().lost);
+            assert_eq!(sl.borrow().data.len(), flood);
+        }
+    }
 }

@@ -29,6 +29,12 @@ use super::error::TlsError;
 /// the callback or turn (one full TLS record).
 const FLUSH_THRESHOLD: usize = 16 * 1024;
 
+/// The most plaintext the layer holds for a handshake that has not completed (written after
+/// `start_tls`, or through a handle, before it did): past it the connection is aborted with
+/// [`CloseReason::WriteBufferOverflow`], as a stream is past its hard limit (the same 16 MiB
+/// by default).
+pub const MAX_EARLY_PLAINTEXT: usize = 16 * 1024 * 1024;
+
 thread_local! {
     /// Live TLS transports by the address of their shared state, for [`session`].
     static SESSIONS: RefCell<HashMap<usize, Weak<Shared>>> = RefCell::new(HashMap::new());
@@ -145,10 +151,11 @@ struct St {
     close_timed_out: bool,
     /// The close timer last found our data still in the stream's buffer.
     close_draining: bool,
-    /// The protocol panicked while the layer delivered held plaintext on its own turn (not
-    /// inside a stream callback, where the stream catches it): the message, reported as
-    /// `CloseReason::Panic` once the abort it caused ends the connection.
-    panicked: Option<String>,
+    /// Why the layer itself aborted the connection, reported once the abort ends it: the
+    /// protocol panicked while the layer delivered held plaintext on its own turn (not inside
+    /// a stream callback, where the stream catches it), or wrote more than
+    /// [`MAX_EARLY_PLAINTEXT`] before the handshake completed.
+    cause: Option<CloseReason>,
 }
 
 /// The TLS transport: what the inner protocol writes through, shared with its handles.
@@ -390,8 +397,8 @@ impl Shared {
                 tracing::error!(peer = %s.raw.peer_address(), panic = %msg, "protocol callback panicked; aborting this connection");
                 s.in_callback.set(false);
                 let mut st = s.st.borrow_mut();
-                if !st.closed && st.panicked.is_none() {
-                    st.panicked = Some(msg);
+                if !st.closed && st.cause.is_none() {
+                    st.cause = Some(CloseReason::Panic(msg));
                 }
                 drop(st);
                 s.abort_connection();
@@ -452,6 +459,18 @@ impl Transport for Shared {
             return;
         }
         st.plain_out.extend_from_slice(data);
+        if !st.handshake_done && st.plain_out.len() > MAX_EARLY_PLAINTEXT {
+            tracing::warn!(peer = %self.raw.peer_address(), limit = MAX_EARLY_PLAINTEXT, "plaintext written before the TLS handshake completed exceeds the limit; aborting");
+            st.plain_out = Vec::new();
+            if st.cause.is_none() {
+                st.cause = Some(CloseReason::WriteBufferOverflow {
+                    limit: MAX_EARLY_PLAINTEXT,
+                });
+            }
+            drop(st);
+            self.raw.abort_connection();
+            return;
+        }
         let now = st.handshake_done && st.plain_out.len() >= FLUSH_THRESHOLD;
         drop(st);
         if now {
@@ -923,7 +942,7 @@ impl Protocol for TlsProtocol {
                 close_timer: None,
                 close_timed_out: false,
                 close_draining: false,
-                panicked: None,
+                cause: None,
             }),
             client_name: self.client_name.take(),
             close_timeout: self.limits.close_timeout,
@@ -1062,7 +1081,7 @@ impl Protocol for TlsProtocol {
                     timer.cancel();
                 }
                 ended = Ended {
-                    panicked: st.panicked.take(),
+                    cause: st.cause.take(),
                     failure: st.failure.take(),
                     handshake_done: st.handshake_done,
                     closing: st.closing,
@@ -1071,9 +1090,9 @@ impl Protocol for TlsProtocol {
             }
             None => ended.failure = self.early_failure.take(),
         }
-        let reason = match (ended.panicked, ended.failure) {
-            // The protocol panicked on the layer's own turn; the abort that followed is ours.
-            (Some(msg), _) => CloseReason::Panic(msg),
+        let reason = match (ended.cause, ended.failure) {
+            // The layer aborted (a panic on its own turn, too much early plaintext).
+            (Some(cause), _) => cause,
             (None, Some(err)) => err.into_close_reason(),
             (None, None) if !ended.handshake_done && reason.is_clean() => {
                 TlsError::HandshakeEof.into_close_reason()
@@ -1161,7 +1180,7 @@ impl Protocol for TlsProtocol {
 /// What the TLS state says about how a connection ended.
 #[derive(Default)]
 struct Ended {
-    panicked: Option<String>,
+    cause: Option<CloseReason>,
     failure: Option<TlsError>,
     handshake_done: bool,
     closing: bool,

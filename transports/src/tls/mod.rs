@@ -170,7 +170,10 @@
 //!   was delivered (the rest of the callback or turn that crossed it).
 //! - Plaintext written before the handshake completed (after [`start_tls`], or through a
 //!   handle) is held by the layer until it completes; that wait is bounded in time by the
-//!   handshake deadline, not in size: do not stream bulk data before the handshake is done.
+//!   handshake deadline, and in size by [`MAX_EARLY_PLAINTEXT`] (16 MiB): past it the
+//!   connection is aborted with `CloseReason::WriteBufferOverflow`. Producers are not paused
+//!   meanwhile (the stream's buffer is what pauses them): do not stream bulk data before the
+//!   handshake is done.
 //!
 //! [`Transport::buffered`]: torsion_reactor::Transport::buffered
 //! [`Transport`]: torsion_reactor::Transport
@@ -196,7 +199,7 @@ pub use config::{
     DEFAULT_TLS_CLOSE_TIMEOUT,
 };
 pub use error::TlsError;
-pub use layer::{session, TlsProtocol, TlsSession};
+pub use layer::{session, TlsProtocol, TlsSession, MAX_EARLY_PLAINTEXT};
 
 /// TLS listen and connect entry points, implemented for [`Reactor`].
 pub trait TlsReactorExt {
