@@ -1086,3 +1086,44 @@ fn set_line_mode_from_line_length_exceeded() {
     st.feed(b"next\r\n");
     assert_eq!(lines_in(&log), ["ERR", "next"]);
 }
+
+/// Sends a request, half-closes, and records the reply lines.
+struct AskThenHalfClose(Log);
+
+impl LineHandler for AskThenHalfClose {
+    fn connection_made(&mut self, ctx: &mut LineContext<'_>) {
+        ctx.send_line(b"GET all");
+        ctx.transport().lose_write_connection();
+    }
+    fn line_received(&mut self, _: &mut LineContext<'_>, line: &[u8]) {
+        self.0.borrow_mut().push(format!("line {}", text(line)));
+    }
+    fn connection_lost(&mut self, reason: CloseReason) {
+        self.0.borrow_mut().push(format!("lost {reason:?}"));
+    }
+}
+
+/// After its own half-close a receiver goes on delivering what the peer sends (it dropped
+/// every frame: it took the half-close for a close), here in one read and in single bytes.
+#[test]
+fn a_receiver_delivers_replies_after_its_own_half_close() {
+    for chunk in [usize::MAX, 1] {
+        let mr = MemoryReactor::new();
+        let log = Log::default();
+        let st = StringTransport::connect(&mr, LineReceiver::new(AskThenHalfClose(log.clone())));
+        mr.run_until_idle();
+        assert_eq!(st.take(), b"GET all\r\n");
+        assert!(st.fin_received());
+        for part in b"one\r\ntwo\r\n".chunks(chunk.min(10)) {
+            st.feed(part);
+            mr.run_until_idle();
+        }
+        st.feed_eof();
+        mr.run_until_idle();
+        assert_eq!(
+            *log.borrow(),
+            ["line one", "line two", "lost Done"],
+            "chunks of {chunk}"
+        );
+    }
+}

@@ -1228,6 +1228,12 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         st.phase != Phase::Open || st.write_closing || self.held().1
     }
 
+    fn is_fully_closing(&self) -> bool {
+        self.st.borrow().phase != Phase::Open
+            || matches!(self.swap.borrow().as_deref(), Some(Swap::Pending { held, .. })
+                if held.iter().any(|call| matches!(call, Held::Lose)))
+    }
+
     fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
         // One swap at a time (a layer's `connection_made` may not start another).
         let swapping = !matches!(self.swap.borrow().as_deref(), None | Some(Swap::Done(_)));

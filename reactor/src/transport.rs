@@ -161,6 +161,15 @@ pub trait Transport {
     /// `true` once the connection is closing or closed (writes are then ignored).
     fn is_closing(&self) -> bool;
 
+    /// `true` once a full close started (`lose_connection`, `abort_connection`) or the
+    /// connection closed: no more data will reach the protocol. Unlike
+    /// [`is_closing`](Transport::is_closing), `false` after a half-close
+    /// (`lose_write_connection`) alone, while the peer's data still arrives. The default, for
+    /// a transport that cannot tell the two apart, is `is_closing`.
+    fn is_fully_closing(&self) -> bool {
+        self.is_closing()
+    }
+
     /// Replaces this connection's protocol: once the current callback returns, `wrap`
     /// receives the old protocol and returns the new one, and the new protocol's
     /// `connection_made` runs at once. This is the seam for layers that sit between a stream
@@ -276,6 +285,9 @@ impl<T: Transport + ?Sized> Transport for &T {
     }
     fn is_closing(&self) -> bool {
         (**self).is_closing()
+    }
+    fn is_fully_closing(&self) -> bool {
+        (**self).is_fully_closing()
     }
     fn wrap_protocol(&self, wrap: ProtocolWrapper) -> bool {
         (**self).wrap_protocol(wrap)

@@ -551,7 +551,7 @@ impl<H: LineHandler> LineInner<H> {
                 if ctl.raw
                     || !matches!(ctl.extra, Extra::None)
                     || core.shared.is_paused()
-                    || t.is_closing()
+                    || t.is_fully_closing()
                 {
                     Flow::Stop
                 } else {

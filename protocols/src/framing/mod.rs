@@ -35,10 +35,10 @@
 //!   transport's write buffer passes its high watermark, when a handler calls `ctx.pause()`,
 //!   or through its [`ReceiverHandle`]; frames already read stay buffered and are delivered
 //!   on resume, before reading starts again.
-//! - **Nothing after close.** Once the transport is closing ([`Transport::is_closing`]),
-//!   no further frame is delivered, even from the rest of the current read. (Note that
-//!   `is_closing` is also true after our own
-//!   [`lose_write_connection`](Transport::lose_write_connection).)
+//! - **Nothing after close.** Once a full close started ([`Transport::is_fully_closing`]),
+//!   no further frame is delivered, even from the rest of the current read. After a
+//!   half-close of our own ([`lose_write_connection`](Transport::lose_write_connection))
+//!   frames go on arriving: a client can send its request, half-close, and read the reply.
 //!
 //! # Errors and how connections close
 //!

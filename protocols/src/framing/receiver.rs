@@ -89,7 +89,7 @@ impl Shared {
 
     /// After delivering what was buffered: read again unless paused again meanwhile.
     pub(crate) fn resume_reading_if_running(&self, t: &dyn Transport) {
-        if !self.is_paused() && !t.is_closing() {
+        if !self.is_paused() && !t.is_fully_closing() {
             t.resume_reading();
         }
     }
@@ -216,7 +216,7 @@ impl Core {
     /// `true` once nothing more may be delivered.
     #[inline]
     pub(crate) fn stopped(&self, t: &dyn Transport) -> bool {
-        self.error.is_some() || t.is_closing()
+        self.error.is_some() || t.is_fully_closing()
     }
 
     pub(crate) fn close_with_error(&mut self, t: &dyn Transport, message: String) {

@@ -213,7 +213,7 @@ fn run<D: Decoder + HoldsFrame, H: StringHandler>(
                 max,
             };
             handler.string_received(&mut ctx, string);
-            if core.shared.is_paused() || t.is_closing() {
+            if core.shared.is_paused() || t.is_fully_closing() {
                 Flow::Stop
             } else {
                 Flow::Continue

@@ -118,6 +118,9 @@ impl<H: Hooks> Transport for Hooked<H> {
     fn is_closing(&self) -> bool {
         self.inner.is_closing()
     }
+    fn is_fully_closing(&self) -> bool {
+        self.inner.is_fully_closing()
+    }
     // A layer (STARTTLS) then wraps the connection's protocol, this policy included: the
     // policy goes on seeing plaintext, through its handle of the connection, which follows
     // the layer.

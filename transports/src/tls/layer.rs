@@ -576,6 +576,11 @@ impl Transport for Shared {
         st.closed || st.closing || st.write_closing || self.raw.is_closing()
     }
 
+    fn is_fully_closing(&self) -> bool {
+        let st = self.st.borrow();
+        st.closed || st.closing || self.raw.is_fully_closing()
+    }
+
     fn handle(&self) -> TransportHandle {
         TransportHandle::new(self.rc())
     }
