@@ -626,6 +626,44 @@ impl ClientFactory for Watcher {
     }
 }
 
+/// A TLS echo port and a watched client connected to it, both handshakes done.
+struct Connected {
+    reactor: Reactor,
+    port: torsion_transports::ListeningPort,
+    connector: Connector,
+    heard: HeardLog,
+    /// The client protocol's record.
+    client: util::Shared,
+    /// The server protocol's record.
+    server: util::Shared,
+}
+
+fn connected(c: &DevCerts) -> Connected {
+    let reactor = Reactor::new().unwrap();
+    let server = util::record();
+    let s = server.clone();
+    let port = reactor
+        .listen_tls("127.0.0.1:0", &server_config(c), move |_: &Address| {
+            util::Recorder::echo(&s)
+        })
+        .unwrap();
+    let addr = port_addr(&port.local_address());
+    let (factory, heard, client) = Watcher::new();
+    let connector = reactor.connect_tls("127.0.0.1", addr.port(), &client_config(c), factory);
+    let (r, s) = (client.clone(), server.clone());
+    run_until(&reactor, "the handshakes", move || {
+        r.borrow().made && s.borrow().made
+    });
+    Connected {
+        reactor,
+        port,
+        connector,
+        heard,
+        client,
+        server,
+    }
+}
+
 /// What the silent server saw of its connections.
 #[derive(Default)]
 struct SilentLog {
@@ -786,19 +824,14 @@ fn stop_connecting_during_a_unix_handshake_aborts_the_attempt() {
 #[test]
 fn after_the_handshake_stop_connecting_does_nothing_and_disconnect_closes_cleanly() {
     let (_d, c) = certs(&[]);
-    let reactor = Reactor::new().unwrap();
-    let server = util::record();
-    let s = server.clone();
-    let port = reactor
-        .listen_tls("127.0.0.1:0", &server_config(&c), move |_: &Address| {
-            util::Recorder::echo(&s)
-        })
-        .unwrap();
-    let addr = port_addr(&port.local_address());
-    let (factory, heard, rec) = Watcher::new();
-    let connector = reactor.connect_tls("127.0.0.1", addr.port(), &client_config(&c), factory);
-    let r = rec.clone();
-    run_until(&reactor, "the handshake", move || r.borrow().made);
+    let Connected {
+        reactor,
+        port: _port,
+        connector,
+        heard,
+        client: rec,
+        server,
+    } = connected(&c);
 
     connector.stop_connecting();
     util::run_for(&reactor, Duration::from_millis(200));
@@ -837,21 +870,14 @@ fn after_the_handshake_stop_connecting_does_nothing_and_disconnect_closes_cleanl
 #[test]
 fn a_tls_ports_lose_connections_sends_close_notify() {
     let (_d, c) = certs(&[]);
-    let reactor = Reactor::new().unwrap();
-    let server = util::record();
-    let s = server.clone();
-    let port = reactor
-        .listen_tls("127.0.0.1:0", &server_config(&c), move |_: &Address| {
-            util::Recorder::echo(&s)
-        })
-        .unwrap();
-    let addr = port_addr(&port.local_address());
-    let (factory, heard, rec) = Watcher::new();
-    reactor.connect_tls("127.0.0.1", addr.port(), &client_config(&c), factory);
-    let (r, s) = (rec.clone(), server.clone());
-    run_until(&reactor, "the handshake", move || {
-        r.borrow().made && s.borrow().made
-    });
+    let Connected {
+        reactor,
+        port,
+        heard,
+        client: rec,
+        server,
+        ..
+    } = connected(&c);
     assert_eq!(port.connection_count(), 1);
 
     port.lose_connections();
@@ -874,21 +900,13 @@ fn a_tls_ports_lose_connections_sends_close_notify() {
 #[test]
 fn a_tls_handle_used_after_its_reactor_is_dropped_is_ignored() {
     let (_d, c) = certs(&[]);
-    let reactor = Reactor::new().unwrap();
-    let server = util::record();
-    let s = server.clone();
-    let port = reactor
-        .listen_tls("127.0.0.1:0", &server_config(&c), move |_: &Address| {
-            util::Recorder::echo(&s)
-        })
-        .unwrap();
-    let addr = port_addr(&port.local_address());
-    let (factory, _heard, rec) = Watcher::new();
-    reactor.connect_tls("127.0.0.1", addr.port(), &client_config(&c), factory);
-    let (r, s) = (rec.clone(), server.clone());
-    run_until(&reactor, "the handshake", move || {
-        r.borrow().made && s.borrow().made
-    });
+    let Connected {
+        reactor,
+        port,
+        client: rec,
+        server,
+        ..
+    } = connected(&c);
     let handles = [
         rec.borrow().handle.clone().expect("client connected"),
         server.borrow().handle.clone().expect("server connected"),
