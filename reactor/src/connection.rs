@@ -355,8 +355,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
         *self.protocol.borrow_mut() = Some(protocol);
         if let Err(msg) = result {
             self.in_callback.set(false);
-            tracing::error!(peer = %self.peer, panic = %msg, "protocol callback panicked; aborting this connection");
-            self.finish(CloseReason::Panic(msg), true);
+            self.abort_for_panic(msg);
             return;
         }
         // Still "in the callback": what the flush leads to (a pause, a close) is delivered by
@@ -644,8 +643,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
     /// Aborts the connection with [`CloseReason::Panic`] if a producer call panicked.
     fn producer_panicked(&self, result: Result<(), String>) {
         if let Err(msg) = result {
-            tracing::error!(peer = %self.peer, panic = %msg, "producer panicked; aborting this connection");
-            self.finish(CloseReason::Panic(msg), true);
+            self.abort_for_panic(msg);
         }
     }
 
@@ -1226,6 +1224,11 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
     fn is_closing(&self) -> bool {
         let st = self.st.borrow();
         st.phase != Phase::Open || st.write_closing || self.held().1
+    }
+
+    fn abort_for_panic(&self, message: String) {
+        tracing::error!(peer = %self.peer, panic = %message, "user code panicked; aborting this connection");
+        self.finish(CloseReason::Panic(message), true);
     }
 
     fn is_fully_closing(&self) -> bool {

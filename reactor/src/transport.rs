@@ -226,6 +226,16 @@ pub trait Transport {
     /// The reactor this connection lives on (for timers and further connections).
     fn reactor(&self) -> Reactor;
 
+    /// Aborts the connection because user code panicked outside the callbacks the connection
+    /// makes itself (a wrapper delivering held data on a later turn, a producer resumed from a
+    /// timer): the panic is logged and the protocol hears [`CloseReason::Panic`] with
+    /// `message`, as after a panic in one of its callbacks. The default, for a transport that
+    /// has no such reason to give, logs and aborts.
+    fn abort_for_panic(&self, message: String) {
+        tracing::error!(peer = %self.peer_address(), panic = %message, "user code panicked; aborting this connection");
+        self.abort_connection();
+    }
+
     /// The transport this one wraps, for a transport that puts itself between a protocol and
     /// its connection (a policy's, such as an idle timeout's): accessors of a layer beneath
     /// (the TLS session) look through it. `None` (the default) for a connection's own.
@@ -300,6 +310,9 @@ impl<T: Transport + ?Sized> Transport for &T {
     }
     fn reactor(&self) -> Reactor {
         (**self).reactor()
+    }
+    fn abort_for_panic(&self, message: String) {
+        (**self).abort_for_panic(message)
     }
     fn wrapped(&self) -> Option<TransportHandle> {
         (**self).wrapped()

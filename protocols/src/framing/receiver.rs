@@ -161,8 +161,6 @@ impl fmt::Debug for ReceiverHandle {
 pub(crate) struct Core {
     pub(crate) shared: Rc<Shared>,
     error: Option<String>,
-    /// A handler panicked while delivering held frames (outside any connection callback).
-    panic: Option<String>,
     pub(crate) first_frame_timeout: Option<Duration>,
     deadline: Option<Deadline>,
     first_seen: bool,
@@ -178,7 +176,6 @@ impl Core {
                 drain: RefCell::new(None),
             }),
             error: None,
-            panic: None,
             first_frame_timeout: None,
             deadline: None,
             first_seen: false,
@@ -234,15 +231,12 @@ impl Core {
     /// That delivery runs from the reactor's queue, not from a connection callback, so a
     /// handler panic would only be logged there and leave the connection open with reading
     /// paused for good: it aborts the connection instead, as a panic in any connection
-    /// callback does, with [`CloseReason::Panic`] reported to the handler.
+    /// callback does ([`Transport::abort_for_panic`]: the handler hears
+    /// [`CloseReason::Panic`]).
     pub(crate) fn drained(&mut self, t: &dyn Transport, deliver: Result<(), String>) {
         match deliver {
             Ok(()) => self.shared.resume_reading_if_running(t),
-            Err(msg) => {
-                tracing::error!(peer = %t.peer_address(), panic = %msg, "frame handler panicked; aborting this connection");
-                self.panic.get_or_insert(msg);
-                t.abort_connection();
-            }
+            Err(msg) => t.abort_for_panic(msg),
         }
     }
 
@@ -283,9 +277,7 @@ impl Core {
         if let Some(d) = self.deadline.take() {
             d.cancel();
         }
-        if let Some(msg) = self.panic.take() {
-            CloseReason::Panic(msg)
-        } else if let Some(msg) = self.error.take() {
+        if let Some(msg) = self.error.take() {
             CloseReason::ProtocolError(msg)
         } else if timed_out {
             CloseReason::TimedOut

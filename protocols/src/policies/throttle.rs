@@ -170,9 +170,6 @@ struct ProducerSlot {
     throttled: Cell<bool>,
     /// A push producer was last told to pause (a new one produces until told otherwise).
     told_paused: Cell<bool>,
-    /// A producer call panicked and the connection was aborted: the message, reported as
-    /// [`CloseReason::Panic`].
-    panic: RefCell<Option<String>>,
 }
 
 /// What becomes of a producer when its current call returns, after it (or anything it called)
@@ -199,13 +196,10 @@ impl ProducerSlot {
     /// calls the producer itself. Once the connection is gone, it is only logged.
     fn contain(&self, result: Result<(), String>) {
         let Err(msg) = result else { return };
-        let Some(t) = self.transport() else {
-            tracing::error!(panic = %msg, "producer panicked");
-            return;
-        };
-        tracing::error!(panic = %msg, "producer panicked; aborting this connection");
-        self.panic.borrow_mut().get_or_insert(msg);
-        t.abort_connection();
+        match self.transport() {
+            Some(t) => t.abort_for_panic(msg),
+            None => tracing::error!(panic = %msg, "producer panicked"),
+        }
     }
 
     /// A producer is registered (in the slot, or inside a call and staying).
@@ -365,8 +359,6 @@ struct ThrottleState {
     reading_paused: Cell<bool>,
     timers: RefCell<[Option<DelayedCall>; 2]>,
     producer: Rc<ProducerSlot>,
-    /// The producer panicked when a timer lifted the throttle (the connection was aborted).
-    panic: RefCell<Option<String>>,
 }
 
 impl ThrottleState {
@@ -453,14 +445,8 @@ impl ThrottleState {
             // Lifting the throttle resumes the producer: user code, run from this timer and not
             // from a connection callback, so its panic is contained here as the transport
             // contains a producer's (else the reactor logs it and reading stays paused).
-            if let Err(msg) = catch_unwind_message(|| state.throttle(dir, false)) {
-                let t = state.producer.transport();
-                tracing::error!(panic = %msg, "producer panicked; aborting this connection");
-                state.panic.borrow_mut().get_or_insert(msg);
-                if let Some(t) = t {
-                    t.abort_connection();
-                }
-            }
+            let result = catch_unwind_message(|| state.throttle(dir, false));
+            state.producer.contain(result);
         });
         self.timers.borrow_mut()[dir as usize] = Some(call);
     }
@@ -581,7 +567,6 @@ impl<P: Protocol> Throttled<P> {
                 reading_paused: Cell::new(false),
                 timers: RefCell::new([None, None]),
                 producer: Rc::new(ProducerSlot::default()),
-                panic: RefCell::new(None),
             }),
             hooked: None,
         }
@@ -611,12 +596,6 @@ impl<P: Protocol> Protocol for Throttled<P> {
     fn connection_lost(&mut self, reason: CloseReason) {
         self.state.stop();
         self.hooked = None;
-        let panic = self.state.panic.borrow_mut().take();
-        let panic = panic.or_else(|| self.state.producer.panic.borrow_mut().take());
-        let reason = match panic {
-            Some(msg) => CloseReason::Panic(msg),
-            None => reason,
-        };
         self.inner.connection_lost(reason);
     }
 

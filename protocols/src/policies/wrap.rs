@@ -139,6 +139,9 @@ impl<H: Hooks> Transport for Hooked<H> {
     fn reactor(&self) -> Reactor {
         self.inner.reactor()
     }
+    fn abort_for_panic(&self, message: String) {
+        self.inner.abort_for_panic(message)
+    }
     fn wrapped(&self) -> Option<TransportHandle> {
         Some(self.inner.clone())
     }

@@ -152,9 +152,7 @@ struct St {
     /// The close timer last found our data still in the stream's buffer.
     close_draining: bool,
     /// Why the layer itself aborted the connection, reported once the abort ends it: the
-    /// protocol panicked while the layer delivered held plaintext on its own turn (not inside
-    /// a stream callback, where the stream catches it), or wrote more than
-    /// [`MAX_EARLY_PLAINTEXT`] before the handshake completed.
+    /// protocol wrote more than [`MAX_EARLY_PLAINTEXT`] before the handshake completed.
     cause: Option<CloseReason>,
 }
 
@@ -394,14 +392,8 @@ impl Shared {
             // This runs on the reactor's turn, outside the stream's callbacks: a panic in the
             // protocol is caught here and aborts this connection, as in any other callback.
             if let Err(msg) = catch_unwind_message(|| deliver_held(&s, &inner)) {
-                tracing::error!(peer = %s.raw.peer_address(), panic = %msg, "protocol callback panicked; aborting this connection");
                 s.in_callback.set(false);
-                let mut st = s.st.borrow_mut();
-                if !st.closed && st.cause.is_none() {
-                    st.cause = Some(CloseReason::Panic(msg));
-                }
-                drop(st);
-                s.abort_connection();
+                s.abort_for_panic(msg);
             }
         });
     }
@@ -512,6 +504,11 @@ impl Transport for Shared {
         // Closed from here on: nothing more is written, encrypted or delivered.
         self.st.borrow_mut().closed = true;
         self.raw.abort_connection();
+    }
+
+    fn abort_for_panic(&self, message: String) {
+        self.st.borrow_mut().closed = true;
+        self.raw.abort_for_panic(message);
     }
 
     fn peer_address(&self) -> Address {
@@ -1096,7 +1093,7 @@ impl Protocol for TlsProtocol {
             None => ended.failure = self.early_failure.take(),
         }
         let reason = match (ended.cause, ended.failure) {
-            // The layer aborted (a panic on its own turn, too much early plaintext).
+            // The layer aborted (too much early plaintext).
             (Some(cause), _) => cause,
             (None, Some(err)) => err.into_close_reason(),
             (None, None) if !ended.handshake_done && reason.is_clean() => {
