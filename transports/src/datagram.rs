@@ -282,6 +282,7 @@ impl DatagramSocket {
         protocol: Box<dyn DatagramProtocol>,
         options: &DatagramOptions,
         socket_file: Option<crate::unix::SocketFile>,
+        peer: Option<Address>,
     ) -> Result<DatagramPort> {
         let local = socket
             .local_addr()
@@ -308,7 +309,7 @@ impl DatagramSocket {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 dropped: 0,
-                peer: None,
+                peer,
                 max_size: DEFAULT_MAX_DATAGRAM_SIZE,
             }),
             batching: Cell::new(false),
@@ -840,23 +841,57 @@ pub(crate) fn listen_udp(
         v6: addr.is_ipv6(),
         v6_only: false,
     };
-    DatagramSocket::start(reactor, socket, kind, protocol, &options, None)
+    DatagramSocket::start(reactor, socket, kind, protocol, &options, None, None)
 }
 
+/// Binds a Unix datagram socket at `path` and, with `remote`, connects it there, before the
+/// protocol hears `start_protocol` (so it may write to its peer from there, as in Twisted);
+/// a failed connect leaves no socket file and no protocol callback behind.
 pub(crate) fn listen_unix_datagram(
     reactor: &Reactor,
     path: &Path,
+    remote: Option<&Path>,
     protocol: Box<dyn DatagramProtocol>,
     options: DatagramOptions,
 ) -> Result<DatagramPort> {
     let shown = path.display().to_string();
     let addr =
         crate::unix::path_sockaddr(path).map_err(|e| Error::InvalidAddress(e.to_string()))?;
+    let remote = remote
+        .map(|r| {
+            let to =
+                crate::unix::path_sockaddr(r).map_err(|e| Error::InvalidAddress(e.to_string()));
+            to.map(|to| {
+                (
+                    to,
+                    Address::Unix(torsion_reactor::UnixAddress::Path(r.to_owned())),
+                )
+            })
+        })
+        .transpose()?;
     let socket = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
         .map_err(|e| Error::io("create a Unix datagram socket", e))?;
     apply(&socket, &options, &shown)?;
     let lock = crate::unix::lock_dir(path);
     let file = crate::unix::bind_path(&socket, Type::DGRAM, &addr, path)?;
     drop(lock);
-    DatagramSocket::start(reactor, socket, Kind::Unix, protocol, &options, Some(file))
+    let peer = match remote {
+        Some((to, peer)) => match socket.connect(&to) {
+            Ok(()) => Some(peer),
+            Err(e) => {
+                file.remove();
+                return Err(Error::io(format!("connect to {peer}"), e));
+            }
+        },
+        None => None,
+    };
+    DatagramSocket::start(
+        reactor,
+        socket,
+        Kind::Unix,
+        protocol,
+        &options,
+        Some(file),
+        peer,
+    )
 }

@@ -168,7 +168,10 @@ pub trait ReactorExt {
     ) -> Result<DatagramPort>;
 
     /// Binds a Unix datagram socket on `local` and connects it to `remote`: `write` sends
-    /// there and only its datagrams are delivered.
+    /// there and only its datagrams are delivered. The socket is connected before the
+    /// protocol hears `start_protocol`, so it may write its first request there; if the
+    /// connect fails, the error is returned, no protocol callback runs and no socket file
+    /// is left behind.
     fn connect_unix_datagram(
         &self,
         local: impl AsRef<Path>,
@@ -310,6 +313,7 @@ impl ReactorExt for Reactor {
         datagram::listen_unix_datagram(
             self,
             path.as_ref(),
+            None,
             Box::new(protocol),
             DatagramOptions::default(),
         )
@@ -321,7 +325,7 @@ impl ReactorExt for Reactor {
         protocol: impl DatagramProtocol,
         options: DatagramOptions,
     ) -> Result<DatagramPort> {
-        datagram::listen_unix_datagram(self, path.as_ref(), Box::new(protocol), options)
+        datagram::listen_unix_datagram(self, path.as_ref(), None, Box::new(protocol), options)
     }
 
     fn connect_unix_datagram(
@@ -330,14 +334,12 @@ impl ReactorExt for Reactor {
         remote: impl AsRef<Path>,
         protocol: impl DatagramProtocol,
     ) -> Result<DatagramPort> {
-        let port = self.listen_unix_datagram(local, protocol)?;
-        let remote = torsion_reactor::Address::Unix(torsion_reactor::UnixAddress::Path(
-            remote.as_ref().to_owned(),
-        ));
-        port.connect(&remote).map_err(|e| {
-            port.stop_listening();
-            torsion_reactor::Error::io(format!("connect to {remote}"), e)
-        })?;
-        Ok(port)
+        datagram::listen_unix_datagram(
+            self,
+            local.as_ref(),
+            Some(remote.as_ref()),
+            Box::new(protocol),
+            DatagramOptions::default(),
+        )
     }
 }

@@ -679,3 +679,56 @@ fn datagrams_queued_for_the_old_peer_still_go_to_it_after_connect() {
     tx.stop_listening();
     run_for(&reactor, Duration::from_millis(10));
 }
+
+/// Writes `hello` to its peer from `start_protocol`, noting the peer it saw there.
+struct GreetOnStart(Rc<RefCell<Vec<String>>>);
+
+impl DatagramProtocol for GreetOnStart {
+    fn start_protocol(&mut self, t: &mut dyn DatagramTransport) {
+        let sent = t.write(b"hello");
+        self.0.borrow_mut().push(format!(
+            "start peer={:?} sent={sent:?}",
+            t.peer_address().is_some()
+        ));
+    }
+    fn datagram_received(&mut self, _: &mut dyn DatagramTransport, _: &[u8], _: &Address) {}
+    fn stop_protocol(&mut self) {
+        self.0.borrow_mut().push("stop".into());
+    }
+}
+
+/// A connected Unix datagram client is connected before `start_protocol`: it can send its
+/// first request from there (it got `NotConnected`). A connect that fails runs no callback
+/// and leaves no socket file.
+#[test]
+fn a_connected_unix_datagram_client_may_write_from_start_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_path, client_path) = (dir.path().join("s.sock"), dir.path().join("c.sock"));
+    let server = UnixDatagram::bind(&server_path).unwrap();
+    server.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let reactor = Reactor::new().unwrap();
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let _client = reactor
+        .connect_unix_datagram(&client_path, &server_path, GreetOnStart(events.clone()))
+        .unwrap();
+    assert_eq!(*events.borrow(), ["start peer=true sent=Ok(())"]);
+    run_for(&reactor, Duration::from_millis(50));
+    let mut buf = [0u8; 16];
+    let (n, from) = server.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    assert_eq!(from.as_pathname(), Some(client_path.as_path()));
+
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let lonely = dir.path().join("lonely.sock");
+    let err = reactor
+        .connect_unix_datagram(
+            &lonely,
+            dir.path().join("nobody.sock"),
+            GreetOnStart(events.clone()),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("nobody.sock"), "{err}");
+    run_for(&reactor, Duration::from_millis(20));
+    assert!(events.borrow().is_empty(), "{:?}", events.borrow());
+    assert!(!lonely.exists(), "the socket file was left behind");
+}
