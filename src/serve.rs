@@ -152,19 +152,20 @@ fn service_factory(args: &ServeArgs, idle_timeout: Option<Duration>) -> SharedFa
 pub fn run(args: ServeArgs) -> ExitCode {
     let mut endpoints = Vec::new();
     for desc in &args.listen {
+        let shown = torsion_transports::one_line(desc);
         match ServerEndpoint::parse(desc) {
             Ok(ep)
                 if ep.is_datagram()
                     && !matches!(args.service, Service::Echo | Service::Discard) =>
             {
                 eprintln!(
-                    "torsion: bad endpoint '{desc}': datagram endpoints serve echo and discard only"
+                    "torsion: bad endpoint '{shown}': datagram endpoints serve echo and discard only"
                 );
                 return ExitCode::from(2);
             }
             Ok(ep) => endpoints.push(ep),
             Err(e) => {
-                eprintln!("torsion: bad endpoint '{desc}': {e}");
+                eprintln!("torsion: bad endpoint '{shown}': {e}");
                 return ExitCode::from(2);
             }
         }

@@ -36,6 +36,22 @@ fn a_bad_endpoint_is_one_line_and_exit_code_2() {
     assert!(stderr.contains("notaport"), "{stderr}");
 }
 
+/// An endpoint read from a file with its line ending (CR, LF) is still reported on one line,
+/// the ending shown escaped.
+#[test]
+fn a_bad_endpoint_with_a_line_ending_is_one_line() {
+    for desc in ["tcp:80x\r", "tcp:80x\n", "udp:7:backlog=1\n"] {
+        let out = Command::new(TORSION)
+            .args(["serve", "discard", "--listen", desc])
+            .output()
+            .expect("run torsion");
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
+        assert!(!stderr.trim_end().contains('\r'), "{stderr:?}");
+    }
+}
+
 #[test]
 fn a_zero_connection_limit_is_a_bad_argument() {
     for flag in ["--max-conns", "--max-conns-per-peer"] {

@@ -105,19 +105,26 @@ impl From<EndpointError> for Error {
 /// characters in it are escaped (`\n`, `\u{0}`) to keep the message one readable line.
 fn err<T>(msg: impl Into<String>) -> std::result::Result<T, EndpointError> {
     let msg: String = msg.into();
+    Err(EndpointError(one_line(&msg).into_owned()))
+}
+
+/// `text` with its control characters and line separators escaped (`\r`, `\n`, `\u{2028}`),
+/// so that a message quoting user input (an endpoint string from a file, say) stays on one
+/// line; everything else, backslashes included, is left as it is.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
     let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
-    if !msg.contains(breaks) {
-        return Err(EndpointError(msg));
+    if !text.contains(breaks) {
+        return text.into();
     }
-    let mut one_line = String::with_capacity(msg.len() + 8);
-    for c in msg.chars() {
+    let mut line = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
         if breaks(c) {
-            one_line.extend(c.escape_debug());
+            line.extend(c.escape_debug());
         } else {
-            one_line.push(c);
+            line.push(c);
         }
     }
-    Err(EndpointError(one_line))
+    line.into()
 }
 
 /// The PEM files of a TLS server endpoint.
@@ -363,6 +370,9 @@ impl FromStr for ServerEndpoint {
                     match k.as_str() {
                         "certKey" => files.cert = PathBuf::from(v),
                         "privateKey" => files.key = PathBuf::from(v),
+                        "caCerts" if v.is_empty() => {
+                            return err(format!("option caCerts= has no value in {kind} endpoint"))
+                        }
                         "caCerts" => files.client_ca = Some(PathBuf::from(v)),
                         _ => rest.push((k, v)),
                     }
@@ -493,6 +503,9 @@ fn parse_parts(
                     }
                 }
                 match path {
+                    Some(p) if p.starts_with('@') => err(format!(
+                        "unixgram takes a path, not an abstract name ({p}): as in unixgram:/tmp/echo.sock"
+                    )),
                     Some(p) if !p.is_empty() => Ok(ServerEndpoint::UnixDatagram {
                         path: PathBuf::from(p),
                     }),
@@ -1439,6 +1452,10 @@ mod tests {
         assert!(e("udpx:80").contains("udpx"));
         assert!(e("udp:80:backlog=5").contains("backlog"));
         assert!(e("unixgram:").contains("needs a path"));
+        // Not a file named `@echo` in the working directory.
+        assert!(e("unixgram:@echo").contains("not an abstract name"));
+        // An empty value fails here (exit code 2), not later as an I/O error.
+        assert!(e("tls:443:certKey=c:privateKey=k:caCerts=").contains("caCerts= has no value"));
         assert!(e("tls:443:privateKey=k.pem").contains("certKey"));
         assert!(e("ssl:443:certKey=c.pem").contains("privateKey"));
         assert!(e("tls:x:certKey=c:privateKey=k").contains("port 'x'"));

@@ -51,7 +51,9 @@ use torsion_reactor::{ClientFactory, Connector, DatagramProtocol, Reactor, Resul
 
 pub use connector::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use datagram::{DatagramOptions, DatagramPort, DATAGRAM_READ_SIZE, QUEUE_ENTRY_OVERHEAD};
-pub use endpoint::{ClientEndpoint, ClientTlsFiles, EndpointError, ServerEndpoint, TlsFiles};
+pub use endpoint::{
+    one_line, ClientEndpoint, ClientTlsFiles, EndpointError, ServerEndpoint, TlsFiles,
+};
 pub use listener::ListeningPort;
 pub use socket::UNIX_READ_SIZE;
 pub use tcp::{TcpListenOptions, DEFAULT_BACKLOG};
