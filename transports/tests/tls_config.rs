@@ -136,3 +136,73 @@ fn alpn_names_tls_cannot_carry_are_refused_at_build() {
         .build()
         .unwrap();
 }
+
+/// Days from 1970-01-01 to the date `YYMMDD` of a DER UTCTime (years 1950–2049).
+fn utc_time_days(t: &[u8]) -> i64 {
+    let n = |i: usize| i64::from(t[i] - b'0') * 10 + i64::from(t[i + 1] - b'0');
+    let (yy, m, d) = (n(0), n(2), n(4));
+    let y = if yy < 50 { 2000 + yy } else { 1900 + yy };
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+}
+
+/// `(notBefore, notAfter)` of a certificate, in days since 1970: its first two UTCTimes.
+fn validity(der: &[u8]) -> (i64, i64) {
+    let times: Vec<i64> = der
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w == &[0x17, 13])
+        .map(|(i, _)| utc_time_days(&der[i + 2..i + 15]))
+        .take(2)
+        .collect();
+    (times[0], times[1])
+}
+
+/// `torsion certs create` makes certificates every TLS stack takes: valid from about now, the
+/// server's for at most 825 days (Apple's limit, even under a private CA; they were valid from
+/// 1975 to 4096), and leaf keys (ECDSA) for signing only, without key encipherment.
+#[test]
+fn dev_certificates_are_valid_from_now_for_a_year() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let (_d, c) = certs();
+    let today = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400) as i64;
+    for (path, max_days) in [
+        (&c.server_cert, 825),
+        (&c.client_cert, 825),
+        (&c.ca_cert, 3700),
+    ] {
+        let der = CertificateDer::pem_file_iter(path)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let (from, until) = validity(&der);
+        assert!(
+            from <= today && today - from <= 2,
+            "{path:?} from day {from}"
+        );
+        assert!(until > today + 300, "{path:?} until day {until}");
+        assert!(until - from <= max_days, "{path:?}: {} days", until - from);
+        if max_days == 825 {
+            // keyUsage (2.5.29.15) is digitalSignature alone: BIT STRING 03 02 07 80.
+            let ku = der
+                .windows(3)
+                .position(|w| w == [0x55, 0x1d, 0x0f])
+                .unwrap();
+            let rest = &der[ku..(ku + 12).min(der.len())];
+            assert!(
+                rest.windows(4).any(|w| w == [0x03, 0x02, 0x07, 0x80]),
+                "{rest:02x?}"
+            );
+        }
+    }
+}

@@ -61,7 +61,9 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
 /// `*.example.test`, or IP addresses; empty means [`DEFAULT_DEV_HOSTS`]) and a client certificate, all signed by the CA, and
 /// writes them into `dir` (created if missing) as `ca.pem`, `server.pem` (chain),
 /// `server-key.pem`, `client.pem` (chain) and `client-key.pem`. Keys are ECDSA P-256 in
-/// PKCS#8 PEM, readable only by the owner (0600). Existing files are overwritten.
+/// PKCS#8 PEM, readable only by the owner (0600). Existing files are overwritten. The
+/// certificates are valid from a day ago, the server's and client's for a year (within the
+/// 825 days Apple's TLS stack accepts), the CA's for ten.
 ///
 /// For development and tests only: anyone holding `ca.pem`'s key could impersonate any of
 /// these names, and the CA key is not kept.
@@ -87,9 +89,16 @@ pub fn create_dev_certs(dir: &Path, hosts: &[String]) -> Result<DevCerts> {
     }
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
 
+    // Valid from a day ago (clocks differ) for ten years (the CA) or a year (the leaves):
+    // Apple's TLS stack refuses server certificates valid for more than 825 days, even from a
+    // private CA.
+    let now = time::OffsetDateTime::now_utc();
+    let from = now - time::Duration::days(1);
     let ca_key = KeyPair::generate().map_err(|e| rcgen_error("CA key", e))?;
     let mut ca_params =
         CertificateParams::new(Vec::<String>::new()).map_err(|e| rcgen_error("CA", e))?;
+    ca_params.not_before = from;
+    ca_params.not_after = now + time::Duration::days(10 * 365);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name = DistinguishedName::new();
     // A name of its own: verifiers find a certificate's issuer by name, so a certificate from
@@ -115,10 +124,11 @@ pub fn create_dev_certs(dir: &Path, hosts: &[String]) -> Result<DevCerts> {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![eku];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        // ECDSA keys sign; key encipherment is for RSA key transport (RFC 5480 forbids it on
+        // EC keys).
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = from;
+        params.not_after = now + time::Duration::days(365);
         let cert = params
             .signed_by(&key, &ca)
             .map_err(|e| rcgen_error(cn, e))?;
