@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `tcp` | `tcp:PORT` | `interface=ADDR` (default `0.0.0.0`), `backlog=N` (default 50) |
 //! | `tcp6` | `tcp6:PORT` | `interface=ADDR` (default `::`), `backlog=N` |
-//! | `unix` | `unix:PATH` | `mode=OCTAL` (for example `660`), `backlog=N`; a path starting with `@` is a Linux abstract name (no file, so no `mode`) |
+//! | `unix` | `unix:PATH` | `mode=OCTAL` (for example `660`), `backlog=N`; a path starting with `@` is a Linux abstract name (no file, so no `mode`); Twisted's `lockfile=` is accepted and ignored (a stale file is detected by connecting to it) |
 //! | `tls` (or `ssl`) | `tls:PORT:certKey=CERT.pem:privateKey=KEY.pem` | as `tcp`/`tcp6` (an IPv6 `interface` selects IPv6), plus `caCerts=CA.pem` to require client certificates from that CA |
 //! | `tlsunix` | `tlsunix:PATH:certKey=CERT.pem:privateKey=KEY.pem` | TLS over a Unix socket path (not an abstract name); as `unix`, plus `caCerts` |
 //! | `udp` | `udp:PORT` | `interface=ADDR` (default `0.0.0.0`) — a datagram endpoint |
@@ -40,7 +40,8 @@
 //! for clients `tcp:host=example.com:port=80`, `unix:path=/run/s.sock`). Colons inside a value
 //! are escaped with a backslash as in Twisted (`interface=\:\:1`, `unix:/tmp/a\:b`), or an
 //! IPv6 address is written in brackets (`interface=[::1]`). A backslash escapes any character,
-//! itself included. Displaying an endpoint gives a description that parses back to it.
+//! itself included (`unix:/tmp/a\=b` is the path `/tmp/a=b`, not an option). Displaying an
+//! endpoint gives a description that parses back to it.
 //!
 //! ```
 //! use torsion_transports::{ClientEndpoint, ServerEndpoint};
@@ -177,28 +178,34 @@ pub enum ServerEndpoint {
     },
 }
 
-/// Splits on unescaped colons; `\x` is `x`, and colons inside `[...]` are kept.
-fn split(desc: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
+/// Splits on unescaped colons; `\x` is `x`, and colons inside `[...]` are kept. Each part
+/// comes with where its first unescaped `=` is (an option's `key=value`; `\=` is a value's).
+fn split(desc: &str) -> Vec<(String, Option<usize>)> {
+    let mut parts = vec![(String::new(), None)];
     let mut chars = desc.chars();
     let mut depth = 0;
     while let Some(c) = chars.next() {
+        let (part, eq) = parts.last_mut().expect("non-empty");
         match c {
             '\\' => {
                 if let Some(n) = chars.next() {
-                    parts.last_mut().expect("non-empty").push(n);
+                    part.push(n);
                 }
             }
             '[' => {
                 depth += 1;
-                parts.last_mut().expect("non-empty").push(c);
+                part.push(c);
             }
             ']' => {
                 depth -= 1;
-                parts.last_mut().expect("non-empty").push(c);
+                part.push(c);
             }
-            ':' if depth <= 0 => parts.push(String::new()),
-            _ => parts.last_mut().expect("non-empty").push(c),
+            ':' if depth <= 0 => parts.push((String::new(), None)),
+            '=' if eq.is_none() => {
+                *eq = Some(part.len());
+                part.push(c);
+            }
+            _ => part.push(c),
         }
     }
     parts
@@ -222,7 +229,7 @@ fn escape_path(path: &Path) -> String {
 }
 
 /// A path written as the positional value of its type; a path containing `=` would read as an
-/// option, so it is given by `name=` instead.
+/// option, so it is given by `name=` instead (`\=` would do too, but reads worse).
 fn positional_path(name: &str, path: &Path) -> String {
     let value = escape_path(path);
     if value.contains('=') {
@@ -242,12 +249,12 @@ struct Description {
 impl Description {
     fn parse(desc: &str) -> Self {
         let mut parts = split(desc).into_iter();
-        let kind = parts.next().unwrap_or_default();
+        let kind = parts.next().unwrap_or_default().0;
         let mut positional = Vec::new();
         let mut keys = Vec::new();
-        for p in parts {
-            match p.split_once('=') {
-                Some((k, v)) => keys.push((k.to_owned(), v.to_owned())),
+        for (p, eq) in parts {
+            match eq {
+                Some(at) => keys.push((p[..at].to_owned(), p[at + 1..].to_owned())),
                 None => positional.push(p),
             }
         }
@@ -1452,6 +1459,14 @@ mod tests {
         assert!(e("udpx:80").contains("udpx"));
         assert!(e("udp:80:backlog=5").contains("backlog"));
         assert!(e("unixgram:").contains("needs a path"));
+        // An escaped `=` belongs to the value.
+        assert_eq!(
+            r"unix:/tmp/a\=b"
+                .parse::<ServerEndpoint>()
+                .unwrap()
+                .to_string(),
+            "unix:address=/tmp/a=b"
+        );
         // Not a file named `@echo` in the working directory.
         assert!(e("unixgram:@echo").contains("not an abstract name"));
         // An empty value fails here (exit code 2), not later as an I/O error.
