@@ -9,7 +9,8 @@
 //! [`TransportHandle`] is kept in a room shared through `Rc<RefCell<..>>` (everything runs on
 //! the reactor thread, so no locks), added in `connection_made` and removed in
 //! `connection_lost`. Data arrives in arbitrary chunks, so each client buffers up to a
-//! complete line, with a bound on the line length.
+//! complete line, with a bound on the line length. On Ctrl-C the server says goodbye and
+//! closes every connection gracefully, holding the stop until the last one is gone.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 use torsion::prelude::*;
-use torsion::reactor::ShutdownPhase;
+use torsion::reactor::{ShutdownHold, ShutdownPhase};
 
 /// Longest line accepted; a client that sends a longer one is disconnected.
 const MAX_LINE: usize = 4096;
@@ -35,6 +36,8 @@ struct Member {
 struct Room {
     members: BTreeMap<u64, Member>,
     next_id: u64,
+    /// Holds the reactor's stop while members are still leaving.
+    closing: Option<ShutdownHold>,
 }
 
 impl Room {
@@ -150,7 +153,12 @@ impl Protocol for ChatClient {
     }
 
     fn connection_lost(&mut self, reason: CloseReason) {
-        self.room.borrow_mut().members.remove(&self.id);
+        let mut room = self.room.borrow_mut();
+        room.members.remove(&self.id);
+        if room.members.is_empty() {
+            room.closing = None; // the last one left: the stop may go on
+        }
+        drop(room);
         Room::broadcast(&self.room, None, &format!("* {} left\r\n", self.name));
         println!("{} left: {reason}", self.name);
     }
@@ -188,9 +196,21 @@ fn serve(port: u16) -> torsion::Result<()> {
         "chat server listening on {} (Ctrl-C to stop)",
         listening.local_address()
     );
-    reactor.add_shutdown_trigger(ShutdownPhase::Before, move |_| {
+    reactor.add_shutdown_trigger(ShutdownPhase::Before, move |r| {
         listening.stop_listening();
         Room::broadcast(&room, None, "* the server is shutting down\r\n");
+        // Each connection sends what it has buffered, then closes; the stop waits for the last
+        // `connection_lost` (or the reactor's shutdown timeout).
+        let members: Vec<TransportHandle> = {
+            let mut room = room.borrow_mut();
+            if !room.members.is_empty() {
+                room.closing = Some(r.hold_shutdown());
+            }
+            room.members.values().map(|m| m.transport.clone()).collect()
+        };
+        for t in members {
+            t.lose_connection();
+        }
     });
     reactor.run()
 }
