@@ -14,7 +14,7 @@
 //! | 1 `echo` | bytes | the same bytes |
 //! | 2 `upper` | text | the text in upper case |
 //! | 3 `add` | two u64 (big-endian) | their sum (u64) |
-//! | 4 `later` | a u32 delay in ms, then bytes | the bytes, after the delay |
+//! | 4 `later` | a u32 delay in ms (at most 10,000; 64 waiting per connection), then bytes | the bytes, after the delay |
 //!
 //! Replies carry the request's id and status 0 (ok) or 1 (error, payload = message). The
 //! client pipelines all its requests at once; `later` answers out of order, so the client
@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use torsion::prelude::*;
 use torsion::protocols::framing::{StringContext, StringHandler, StringReceiver};
-use torsion::reactor::WeakReactor;
+use torsion::reactor::{DelayedCall, WeakReactor};
 
 const OK: u8 = 0;
 const ERR: u8 = 1;
@@ -54,7 +54,17 @@ fn parse(m: &[u8]) -> Option<(u32, u8, &[u8])> {
 
 // --- Server ---
 
-struct Server;
+/// The longest `later` delay a client may ask for.
+const MAX_DELAY_MS: u32 = 10_000;
+/// The most `later` replies one connection may have waiting.
+const MAX_WAITING: usize = 64;
+
+/// One connection's server side: the `later` replies it still owes, cancelled if the client
+/// leaves first (a timer must not keep a departed client's replies alive).
+#[derive(Default)]
+struct Server {
+    waiting: Vec<DelayedCall>,
+}
 
 impl Server {
     fn answer(op: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
@@ -86,13 +96,20 @@ impl StringHandler for Server {
                 return;
             };
             let delay = u32::from_be_bytes(delay.try_into().expect("4 bytes"));
+            self.waiting.retain(DelayedCall::active);
+            if delay > MAX_DELAY_MS || self.waiting.len() >= MAX_WAITING {
+                let why = format!("later takes at most {MAX_DELAY_MS} ms, {MAX_WAITING} at a time");
+                let _ = ctx.send_string(&message(id, ERR, why.as_bytes()));
+                return;
+            }
             let reply = message(id, OK, rest);
             let sender = ctx.sender();
-            let _call = ctx
+            let call = ctx
                 .reactor()
                 .call_later(Duration::from_millis(delay.into()), move |_| {
                     let _ = sender.send(&reply);
                 });
+            self.waiting.push(call);
             return;
         }
         let reply = match Server::answer(op, payload) {
@@ -102,6 +119,12 @@ impl StringHandler for Server {
         if let Err(e) = ctx.send_string(&reply) {
             // Cannot happen with Int32 and our maximum, but this is how it would surface.
             eprintln!("reply not sent: {e}");
+        }
+    }
+
+    fn connection_lost(&mut self, _reason: CloseReason) {
+        for call in self.waiting.drain(..) {
+            call.cancel();
         }
     }
 }
@@ -252,7 +275,7 @@ fn serve(port: u16) -> torsion::Result<()> {
     let reactor = Reactor::new()?;
     reactor.stop_on_signals()?;
     let listening = reactor.listen_tcp(("127.0.0.1", port), |_: &Address| {
-        StringReceiver::int32(Server)
+        StringReceiver::int32(Server::default())
     })?;
     println!(
         "rpc server on {} (Ctrl-C to stop)",
@@ -264,8 +287,9 @@ fn serve(port: u16) -> torsion::Result<()> {
 /// Server and client in one process, on a free port.
 fn demo() -> torsion::Result<bool> {
     let reactor = Reactor::new()?;
-    let listening =
-        reactor.listen_tcp("127.0.0.1:0", |_: &Address| StringReceiver::int32(Server))?;
+    let listening = reactor.listen_tcp("127.0.0.1:0", |_: &Address| {
+        StringReceiver::int32(Server::default())
+    })?;
     let port = listening.local_address().port().expect("a TCP port");
     println!("rpc server on 127.0.0.1:{port}");
     run_client(&reactor, "127.0.0.1", port)
