@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 use torsion::prelude::*;
+use torsion::reactor::WeakReactor;
 use torsion::transports::tls::{self, ClientTlsConfig, ServerTlsConfig, TlsRole};
 
 /// Splits the byte stream into lines.
@@ -67,6 +68,8 @@ struct Client {
     config: ClientTlsConfig,
     /// The server answered over TLS.
     done: Rc<Cell<bool>>,
+    /// Stopped once the connection is over, whatever happened.
+    reactor: WeakReactor,
 }
 
 impl Protocol for Client {
@@ -95,6 +98,9 @@ impl Protocol for Client {
 
     fn connection_lost(&mut self, reason: CloseReason) {
         println!("client: connection lost: {reason}");
+        if let Some(r) = self.reactor.upgrade() {
+            r.stop();
+        }
     }
 }
 
@@ -132,12 +138,14 @@ fn run() -> torsion::Result<bool> {
         config: server_config.clone(),
     })?;
     let addr = port.local_address().socket_addr().expect("a TCP port");
-    let d = done.clone();
+    let (d, weak) = (done.clone(), reactor.downgrade());
     reactor.connect_tcp("127.0.0.1", addr.port(), move |_: &Address| Client {
         lines: Lines::default(),
         config: client_config.clone(),
         done: d.clone(),
+        reactor: weak.clone(),
     });
+    // A bound on the whole exchange, should it hang.
     let _stop = reactor.call_later(std::time::Duration::from_secs(2), |r| r.stop());
     reactor.run()?;
     Ok(done.get())

@@ -178,6 +178,11 @@ fn main() -> ExitCode {
     } else {
         message.join(" ")
     };
+    if message.is_empty() {
+        // Nothing would come back: the client would wait for an echo that never comes.
+        eprintln!("tls_echo_client: the message is empty\n{USAGE}");
+        return ExitCode::from(2);
+    }
     match run(&endpoint, message.into_bytes()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
+    if cert.is_some() != key.is_some() {
+        eprintln!("tls_echo_server: --cert and --key go together (give neither for development certificates)");
+        return usage();
+    }
     match serve(port, cert, key, ca) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
