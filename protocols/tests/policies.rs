@@ -826,6 +826,30 @@ fn traffic_logger_sizes_only_at_debug() {
     assert!(!logs.contains("68 65"), "{logs}");
 }
 
+/// Writes what it receives back as two slices of one vectored write.
+struct VectoredEcho;
+impl Protocol for VectoredEcho {
+    fn data_received(&mut self, t: &mut dyn Transport, data: &[u8]) {
+        let (a, b) = data.split_at(data.len() / 2);
+        t.write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)]);
+    }
+}
+
+/// A vectored write is logged as one: its whole size, and at trace level a dump of its first
+/// bytes across the slices, up to the limit.
+#[test]
+fn traffic_logger_logs_a_vectored_write_as_one() {
+    let logs = captured_logs("trace", || {
+        let mr = MemoryReactor::new();
+        let st = StringTransport::connect(&mr, TrafficLogger::new(VectoredEcho).dump_limit(8));
+        st.feed(b"abcdefghijkl");
+        assert_eq!(st.take(), b"abcdefghijkl");
+    });
+    assert!(logs.contains("bytes=12"), "{logs}");
+    assert!(logs.contains("|abcdefgh|"), "{logs}");
+    assert!(logs.contains("4 more bytes"), "{logs}");
+}
+
 #[test]
 fn policies_compose() {
     let mr = MemoryReactor::new();

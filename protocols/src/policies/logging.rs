@@ -25,7 +25,11 @@ pub const DEFAULT_DUMP_LIMIT: usize = 4096;
 /// );
 /// ```
 pub fn hex_dump(data: &[u8], limit: usize) -> String {
-    let shown = &data[..data.len().min(limit)];
+    dump(&data[..data.len().min(limit)], data.len())
+}
+
+/// The dump of `shown`, the first bytes of `total`.
+fn dump(shown: &[u8], total: usize) -> String {
     let mut out = String::with_capacity(shown.len().div_ceil(16) * 80 + 40);
     for (i, row) in shown.chunks(16).enumerate() {
         let _ = write!(out, "{:08x}  ", i * 16);
@@ -50,14 +54,22 @@ pub fn hex_dump(data: &[u8], limit: usize) -> String {
         }));
         out.push_str("|\n");
     }
-    if data.len() > shown.len() {
-        let _ = writeln!(out, "… {} more bytes", data.len() - shown.len());
+    if total > shown.len() {
+        let _ = writeln!(out, "… {} more bytes", total - shown.len());
     }
     out
 }
 
-fn log(peer: &Address, direction: &'static str, data: &[u8], limit: usize) {
-    if data.is_empty() {
+/// Logs `total` bytes going `direction`; `head(limit)` gives the first `limit` of them, asked
+/// for only when they are dumped (trace level).
+fn log(
+    peer: &Address,
+    direction: &'static str,
+    total: usize,
+    limit: usize,
+    head: impl FnOnce(usize) -> Vec<u8>,
+) {
+    if total == 0 {
         return;
     }
     if tracing::enabled!(target: TRAFFIC_TARGET, tracing::Level::TRACE) {
@@ -65,13 +77,20 @@ fn log(peer: &Address, direction: &'static str, data: &[u8], limit: usize) {
             target: TRAFFIC_TARGET,
             peer = %peer,
             direction,
-            bytes = data.len(),
+            bytes = total,
             "\n{}",
-            hex_dump(data, limit)
+            dump(&head(limit), total)
         );
     } else {
-        tracing::debug!(target: TRAFFIC_TARGET, peer = %peer, direction, bytes = data.len());
+        tracing::debug!(target: TRAFFIC_TARGET, peer = %peer, direction, bytes = total);
     }
+}
+
+/// [`log`] of one slice.
+fn log_slice(peer: &Address, direction: &'static str, data: &[u8], limit: usize) {
+    log(peer, direction, data.len(), limit, |n| {
+        data[..data.len().min(n)].to_vec()
+    });
 }
 
 struct LogHooks {
@@ -81,14 +100,19 @@ struct LogHooks {
 
 impl Hooks for LogHooks {
     fn write(&self, inner: &dyn Transport, data: &[u8]) {
-        log(&self.peer, "out", data, self.limit);
+        log_slice(&self.peer, "out", data, self.limit);
         inner.write(data)
     }
 
     fn write_vectored(&self, inner: &dyn Transport, bufs: &[IoSlice<'_>]) {
         if tracing::enabled!(target: TRAFFIC_TARGET, tracing::Level::DEBUG) {
-            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            log(&self.peer, "out", &joined, self.limit);
+            let total = bufs.iter().map(|b| b.len()).sum();
+            log(&self.peer, "out", total, self.limit, |n| {
+                bufs.iter()
+                    .flat_map(|b| b.iter().copied())
+                    .take(n)
+                    .collect()
+            });
         }
         inner.write_vectored(bufs)
     }
@@ -158,7 +182,7 @@ impl<P: Protocol> Protocol for TrafficLogger<P> {
 
     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
         if let Some(peer) = &self.peer {
-            log(peer, "in", data, self.limit);
+            log_slice(peer, "in", data, self.limit);
         }
         let mut t = pick(&self.hooked, transport);
         self.inner.data_received(&mut t, data);
