@@ -34,7 +34,7 @@
 //!
 //! fn main() -> torsion::Result<()> {
 //!     let reactor = Reactor::new()?;
-//!     reactor.stop_on_signals()?; // Ctrl-C stops gracefully
+//!     reactor.stop_on_signals()?; // Ctrl-C: run() returns, connections close
 //!     reactor.listen_tcp("127.0.0.1:8000", |_peer: &Address| Echo)?;
 //!     reactor.run()
 //! }
