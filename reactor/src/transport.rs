@@ -228,9 +228,10 @@ pub trait Transport {
 
     /// Aborts the connection because user code panicked outside the callbacks the connection
     /// makes itself (a wrapper delivering held data on a later turn, a producer resumed from a
-    /// timer): the panic is logged and the protocol hears [`CloseReason::Panic`] with
-    /// `message`, as after a panic in one of its callbacks. The default, for a transport that
-    /// has no such reason to give, logs and aborts.
+    /// timer): the panic is logged and the protocol hears
+    /// [`CloseReason::Panic`](crate::CloseReason::Panic) with `message`, as after a panic in
+    /// one of its callbacks. The default, for a transport that has no such reason to give,
+    /// logs and aborts.
     fn abort_for_panic(&self, message: String) {
         tracing::error!(peer = %self.peer_address(), panic = %message, "user code panicked; aborting this connection");
         self.abort_connection();
