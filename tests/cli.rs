@@ -391,3 +391,55 @@ fn int32_rpc_client_exits_1_when_it_cannot_connect() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("could not connect"), "{stderr}");
 }
+
+/// `chat_server` on Ctrl-C (SIGINT): every client gets the goodbye line and then a clean close
+/// (EOF, not a reset), and the server exits 0 once the clients have gone.
+#[test]
+fn chat_server_says_goodbye_and_closes_gracefully_on_sigint() {
+    let mut child = Command::new(example("chat_server"))
+        .arg("0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chat_server");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut server = Server(child);
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("the listening line");
+    // "chat server listening on 127.0.0.1:PORT (Ctrl-C to stop)"
+    let addr = first
+        .split_whitespace()
+        .nth(4)
+        .expect("an address")
+        .to_owned();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let c = TcpStream::connect(&addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reader = BufReader::new(c);
+        let mut welcome = String::new();
+        reader.read_line(&mut welcome).expect("the welcome line");
+        assert!(welcome.starts_with("welcome"), "{welcome:?}");
+        clients.push(reader);
+    }
+    let pid = i32::try_from(server.0.id()).expect("pid");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    for mut c in clients {
+        let mut rest = String::new();
+        c.read_to_string(&mut rest)
+            .expect("a clean close (EOF), not a reset or a timeout");
+        assert!(rest.contains("the server is shutting down"), "{rest:?}");
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "chat_server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
