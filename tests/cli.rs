@@ -17,6 +17,20 @@ const TORSION: &str = env!("CARGO_BIN_EXE_torsion");
 /// Kills and reaps the server even when an assertion fails.
 struct Server(Child);
 
+impl Server {
+    /// Waits for the process to exit by itself, failing with `what` after `limit`.
+    fn exit_within(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -315,23 +329,13 @@ fn serve_echo_on_tcp_udp_and_tls_then_stop_on_sigterm() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let started = Instant::now();
     let mut rest = Vec::new();
     // The server closes our connection gracefully (FIN); a client closes in turn on EOF.
     stream
         .read_to_end(&mut rest)
         .expect("clean EOF from the server");
     drop(stream);
-    let code = loop {
-        if let Some(code) = server.0.try_wait().expect("wait") {
-            break code;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no graceful exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = server.exit_within(Duration::from_secs(5), "no graceful exit");
     assert!(code.success(), "exit status {code}");
     assert!(
         TcpStream::connect(("127.0.0.1", tcp)).is_err(),
@@ -430,16 +434,6 @@ fn chat_server_says_goodbye_and_closes_gracefully_on_sigint() {
             .expect("a clean close (EOF), not a reset or a timeout");
         assert!(rest.contains("the server is shutting down"), "{rest:?}");
     }
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = server.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "chat_server did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.exit_within(Duration::from_secs(10), "chat_server did not exit");
     assert!(status.success(), "{status:?}");
 }

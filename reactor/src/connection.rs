@@ -1226,9 +1226,8 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         st.phase != Phase::Open || st.write_closing || self.held().1
     }
 
-    fn abort_for_panic(&self, message: String) {
-        tracing::error!(peer = %self.peer, panic = %message, "user code panicked; aborting this connection");
-        self.finish(CloseReason::Panic(message), true);
+    fn abort_with(&self, reason: CloseReason) {
+        self.finish(reason, true);
     }
 
     fn is_fully_closing(&self) -> bool {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::address::Address;
 use crate::protocol::Protocol;
 use crate::reactor::Reactor;
+use crate::reason::CloseReason;
 
 /// Turns a connection's protocol into the protocol that replaces it; see
 /// [`Transport::wrap_protocol`].
@@ -226,15 +227,22 @@ pub trait Transport {
     /// The reactor this connection lives on (for timers and further connections).
     fn reactor(&self) -> Reactor;
 
+    /// Aborts the connection as [`abort_connection`](Transport::abort_connection) does, with
+    /// `reason` for the protocol's `connection_lost`: for a layer or wrapper that ends a
+    /// connection for a reason of its own (a limit it keeps, a panic in user code it ran). The
+    /// default, for a transport that has no reason to give, is `abort_connection`.
+    fn abort_with(&self, reason: CloseReason) {
+        let _ = reason;
+        self.abort_connection();
+    }
+
     /// Aborts the connection because user code panicked outside the callbacks the connection
     /// makes itself (a wrapper delivering held data on a later turn, a producer resumed from a
-    /// timer): the panic is logged and the protocol hears
-    /// [`CloseReason::Panic`](crate::CloseReason::Panic) with `message`, as after a panic in
-    /// one of its callbacks. The default, for a transport that has no such reason to give,
-    /// logs and aborts.
+    /// timer): the panic is logged and the protocol hears [`CloseReason::Panic`] with
+    /// `message`, as after a panic in one of its callbacks.
     fn abort_for_panic(&self, message: String) {
         tracing::error!(peer = %self.peer_address(), panic = %message, "user code panicked; aborting this connection");
-        self.abort_connection();
+        self.abort_with(CloseReason::Panic(message));
     }
 
     /// The transport this one wraps, for a transport that puts itself between a protocol and
@@ -312,8 +320,8 @@ impl<T: Transport + ?Sized> Transport for &T {
     fn reactor(&self) -> Reactor {
         (**self).reactor()
     }
-    fn abort_for_panic(&self, message: String) {
-        (**self).abort_for_panic(message)
+    fn abort_with(&self, reason: CloseReason) {
+        (**self).abort_with(reason)
     }
     fn wrapped(&self) -> Option<TransportHandle> {
         (**self).wrapped()

@@ -857,18 +857,13 @@ pub(crate) fn listen_unix_datagram(
     let shown = path.display().to_string();
     let addr =
         crate::unix::path_sockaddr(path).map_err(|e| Error::InvalidAddress(e.to_string()))?;
-    let remote = remote
-        .map(|r| {
-            let to =
-                crate::unix::path_sockaddr(r).map_err(|e| Error::InvalidAddress(e.to_string()));
-            to.map(|to| {
-                (
-                    to,
-                    Address::Unix(torsion_reactor::UnixAddress::Path(r.to_owned())),
-                )
-            })
-        })
-        .transpose()?;
+    let remote = match remote {
+        Some(r) => Some((
+            crate::unix::path_sockaddr(r).map_err(|e| Error::InvalidAddress(e.to_string()))?,
+            Address::Unix(torsion_reactor::UnixAddress::Path(r.to_owned())),
+        )),
+        None => None,
+    };
     let socket = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
         .map_err(|e| Error::io("create a Unix datagram socket", e))?;
     apply(&socket, &options, &shown)?;

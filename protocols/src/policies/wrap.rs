@@ -7,8 +7,8 @@ use std::io::{self, IoSlice};
 use std::rc::{Rc, Weak};
 
 use torsion_reactor::{
-    Address, Factory, Keepalive, PeerCredentials, Producer, Protocol, ProtocolWrapper, Reactor,
-    SharedFactory, Transport, TransportHandle,
+    Address, CloseReason, Factory, Keepalive, PeerCredentials, Producer, Protocol, ProtocolWrapper,
+    Reactor, SharedFactory, Transport, TransportHandle,
 };
 
 /// What a policy intercepts on the transport it hands to the inner protocol. Every method
@@ -139,8 +139,8 @@ impl<H: Hooks> Transport for Hooked<H> {
     fn reactor(&self) -> Reactor {
         self.inner.reactor()
     }
-    fn abort_for_panic(&self, message: String) {
-        self.inner.abort_for_panic(message)
+    fn abort_with(&self, reason: CloseReason) {
+        self.inner.abort_with(reason)
     }
     fn wrapped(&self) -> Option<TransportHandle> {
         Some(self.inner.clone())

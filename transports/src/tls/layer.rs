@@ -151,9 +151,6 @@ struct St {
     close_timed_out: bool,
     /// The close timer last found our data still in the stream's buffer.
     close_draining: bool,
-    /// Why the layer itself aborted the connection, reported once the abort ends it: the
-    /// protocol wrote more than [`MAX_EARLY_PLAINTEXT`] before the handshake completed.
-    cause: Option<CloseReason>,
 }
 
 /// The TLS transport: what the inner protocol writes through, shared with its handles.
@@ -454,13 +451,10 @@ impl Transport for Shared {
         if !st.handshake_done && st.plain_out.len() > MAX_EARLY_PLAINTEXT {
             tracing::warn!(peer = %self.raw.peer_address(), limit = MAX_EARLY_PLAINTEXT, "plaintext written before the TLS handshake completed exceeds the limit; aborting");
             st.plain_out = Vec::new();
-            if st.cause.is_none() {
-                st.cause = Some(CloseReason::WriteBufferOverflow {
-                    limit: MAX_EARLY_PLAINTEXT,
-                });
-            }
             drop(st);
-            self.raw.abort_connection();
+            self.abort_with(CloseReason::WriteBufferOverflow {
+                limit: MAX_EARLY_PLAINTEXT,
+            });
             return;
         }
         let now = st.handshake_done && st.plain_out.len() >= FLUSH_THRESHOLD;
@@ -506,9 +500,10 @@ impl Transport for Shared {
         self.raw.abort_connection();
     }
 
-    fn abort_for_panic(&self, message: String) {
+    fn abort_with(&self, reason: CloseReason) {
+        // Closed from here on, as after `abort_connection`.
         self.st.borrow_mut().closed = true;
-        self.raw.abort_for_panic(message);
+        self.raw.abort_with(reason);
     }
 
     fn peer_address(&self) -> Address {
@@ -944,7 +939,6 @@ impl Protocol for TlsProtocol {
                 close_timer: None,
                 close_timed_out: false,
                 close_draining: false,
-                cause: None,
             }),
             client_name: self.client_name.take(),
             close_timeout: self.limits.close_timeout,
@@ -1083,7 +1077,6 @@ impl Protocol for TlsProtocol {
                     timer.cancel();
                 }
                 ended = Ended {
-                    cause: st.cause.take(),
                     failure: st.failure.take(),
                     handshake_done: st.handshake_done,
                     closing: st.closing,
@@ -1092,24 +1085,22 @@ impl Protocol for TlsProtocol {
             }
             None => ended.failure = self.early_failure.take(),
         }
-        let reason = match (ended.cause, ended.failure) {
-            // The layer aborted (too much early plaintext).
-            (Some(cause), _) => cause,
-            (None, Some(err)) => err.into_close_reason(),
-            (None, None) if !ended.handshake_done && reason.is_clean() => {
+        let reason = match ended.failure {
+            Some(err) => err.into_close_reason(),
+            None if !ended.handshake_done && reason.is_clean() => {
                 TlsError::HandshakeEof.into_close_reason()
             }
             // Our close, ended by the TLS close timeout (the abort it made, not something that
             // came first, such as the stream's own close timeout): the clean close we asked for.
-            (None, None) if ended.close_timed_out && matches!(reason, CloseReason::Aborted) => {
+            None if ended.close_timed_out && matches!(reason, CloseReason::Aborted) => {
                 CloseReason::Done
             }
             // The stream ended cleanly, but not after the peer's close_notify, and not because
             // we closed (after our half-close, the peer's FIN ends the stream directly).
-            (None, None) if reason.is_clean() && !self.clean_eof && !ended.closing => {
+            None if reason.is_clean() && !self.clean_eof && !ended.closing => {
                 TlsError::Truncated.into_close_reason()
             }
-            (None, None) => reason,
+            None => reason,
         };
         if let Some(slot) = &self.outcome {
             *slot.borrow_mut() = Some(Outcome {
@@ -1182,7 +1173,6 @@ impl Protocol for TlsProtocol {
 /// What the TLS state says about how a connection ended.
 #[derive(Default)]
 struct Ended {
-    cause: Option<CloseReason>,
     failure: Option<TlsError>,
     handshake_done: bool,
     closing: bool,
