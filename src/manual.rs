@@ -161,10 +161,17 @@
 //!
 //! On Linux the reactor uses level-triggered epoll directly (through rustix): one system call
 //! per wait. The portable backend on the `polling` crate is available everywhere through
-//! [`Reactor::with_backend`](crate::Reactor::with_backend) and is the default on other
-//! platforms; it re-arms its own notifier and timer on each wait, which measured about 10%
-//! more CPU per round trip at one connection. Both sit behind the same internal trait, whose
-//! contract is written at the top of `reactor/src/backend/mod.rs`.
+//! [`Reactor::with_backend`](crate::Reactor::with_backend) (`torsion serve --reactor
+//! polling`) and is the default on other platforms. It registers sources in `polling`'s
+//! level-triggered mode, not one-shot: the contract is level semantics, and one-shot would
+//! cost an `epoll_ctl` per event to re-arm. Around every wait `polling` re-arms its own timer
+//! and notifier, four system calls more than epoll's one, and that is why it is not the
+//! default on Linux: against the epoll backend on the machine of BENCHMARKS.md it makes 0.84x
+//! the round trips of a one-client Unix-socket echo, 0.96x the MiB/s of one-connection TCP
+//! bulk, and spends 7% more CPU per round trip at one TCP client and 4% more at 1,000.
+//! Asking the poller's descriptor with `poll(2)` before each busy-poll wait was tried and made
+//! it slower. Both backends sit behind the same internal trait, whose contract is written at
+//! the top of `reactor/src/backend/mod.rs`.
 //!
 //! # Busy polling
 //!

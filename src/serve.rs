@@ -11,7 +11,7 @@ use torsion::protocols::policies::ConnectionLimits;
 use torsion::protocols::wire::{
     Chargen, DatagramDiscard, DatagramEcho, Daytime, Discard, Echo, Qotd,
 };
-use torsion::reactor::{ShutdownPhase, DEFAULT_BUSY_POLL};
+use torsion::reactor::{BackendKind, ShutdownPhase, DEFAULT_BUSY_POLL};
 use torsion::{Address, ListeningPort, LoopingCall, Reactor, ServerEndpoint, SharedFactory};
 
 /// The longest quote `qotd` serves (RFC 865).
@@ -81,6 +81,31 @@ pub struct ServeArgs {
     /// microseconds; the window adapts to the traffic and closes when idle. 0 turns it off.
     #[arg(long, value_name = "MICROS", default_value_t = DEFAULT_BUSY_POLL.as_micros() as u64)]
     busy_poll_us: u64,
+
+    /// The readiness backend (as twistd's --reactor): auto picks the platform's best.
+    #[arg(long, value_enum, default_value_t = ReactorChoice::Auto)]
+    reactor: ReactorChoice,
+}
+
+/// `--reactor`: which readiness backend the event loop runs on.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ReactorChoice {
+    /// The platform's best (see the manual's *Backends*).
+    Auto,
+    /// Level-triggered epoll through rustix (Linux only).
+    Epoll,
+    /// The portable `polling` crate.
+    Polling,
+}
+
+impl From<ReactorChoice> for BackendKind {
+    fn from(choice: ReactorChoice) -> Self {
+        match choice {
+            ReactorChoice::Auto => BackendKind::Auto,
+            ReactorChoice::Epoll => BackendKind::Epoll,
+            ReactorChoice::Polling => BackendKind::Polling,
+        }
+    }
 }
 
 /// `--idle-timeout SECS` as a duration: a positive number of seconds that fits a `Duration`
@@ -198,7 +223,7 @@ fn serve(
     idle_timeout: Option<Duration>,
 ) -> torsion::Result<()> {
     let service = args.service;
-    let reactor = Reactor::new()?;
+    let reactor = Reactor::with_backend(args.reactor.into())?;
     reactor.stop_on_signals()?;
     reactor.set_shutdown_timeout(DRAIN_TIMEOUT);
     reactor.set_busy_poll(Duration::from_micros(args.busy_poll_us));

@@ -165,17 +165,12 @@ fn tcp_echo(port: u16, message: &[u8]) -> (TcpStream, Vec<u8>) {
     (stream, back)
 }
 
-/// A huge but representable `--idle-timeout` is accepted and echoes as usual.
-#[test]
-fn a_huge_idle_timeout_serves() {
+/// Starts `torsion serve SERVICE --listen tcp:0:interface=127.0.0.1 EXTRA...` and returns it
+/// with the port it printed.
+fn serve_tcp(service: &str, extra: &[&str]) -> (Server, u16) {
     let child = Command::new(TORSION)
-        .args([
-            "serve",
-            "frame-echo",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ])
-        .args(["--idle-timeout", "1e18"])
+        .args(["serve", service, "--listen", "tcp:0:interface=127.0.0.1"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -192,11 +187,38 @@ fn a_huge_idle_timeout_serves() {
         .unwrap()
         .parse()
         .expect("port");
+    (server, port)
+}
+
+/// A huge but representable `--idle-timeout` is accepted and echoes as usual.
+#[test]
+fn a_huge_idle_timeout_serves() {
+    let (mut server, port) = serve_tcp("frame-echo", &["--idle-timeout", "1e18"]);
     assert_eq!(tcp_echo(port, b"hello\r\n").1, b"hello\r\n");
     assert!(
         server.0.try_wait().expect("wait").is_none(),
         "still running"
     );
+}
+
+/// `--reactor` picks the readiness backend; each serves the same echo, and a name that is
+/// none of them is refused as a bad argument.
+#[test]
+fn serve_runs_on_each_reactor() {
+    for reactor in ["auto", "epoll", "polling"] {
+        let (_server, port) = serve_tcp("echo", &["--reactor", reactor]);
+        let message = format!("on {reactor}\n").repeat(1000);
+        assert_eq!(
+            tcp_echo(port, message.as_bytes()).1,
+            message.as_bytes(),
+            "{reactor}"
+        );
+    }
+    let out = Command::new(TORSION)
+        .args(["serve", "echo", "--listen", "tcp:0", "--reactor", "select"])
+        .output()
+        .expect("run torsion");
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
