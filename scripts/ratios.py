@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Summarise a scripts/netbench-compare.sh log: per comparison, the median of the per-round
+"""Summarise scripts/netbench-compare.sh logs: per comparison, the median of the per-round
 torsion/peer ratios of the main metric and of the server CPU cost per operation.
 
-    python3 scripts/ratios.py netbench.log
+    python3 scripts/ratios.py netbench.log [more.log ...]
+
+With several logs, the rounds of comparisons that share a label are pooled (one row each,
+n counts the rounds of all logs).
 """
 import re
 import statistics
@@ -17,13 +20,21 @@ def fields(line):
     return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
 
 
-def main(path):
-    label, rounds = None, {}
+def main(paths):
+    pooled = {}  # label -> {(log, round): {server: fields}}, in first-seen order
+    for i, path in enumerate(paths):
+        label = None
+        for line in open(path):
+            if line.startswith("=== "):
+                label = line[4:].strip()
+                pooled.setdefault(label, {})
+            elif line.startswith("RESULT") and label:
+                f = fields(line)
+                pooled[label].setdefault((i, f.get("round")), {})[f.get("server")] = f
     rows = []
-
-    def flush():
-        if not label or not rounds:
-            return
+    for label, rounds in pooled.items():
+        if not rounds:
+            continue
         scenario = next(iter(rounds.values()))["torsion"]["scenario"] if any(
             "torsion" in r for r in rounds.values()) else "?"
         main_m = MAIN.get(scenario, "rtt_per_s")
@@ -46,16 +57,8 @@ def main(path):
                            f"({min(ratios):.2f}-{max(ratios):.2f}, n={len(ratios)})")
         rows.append(" | ".join(out))
 
-    for line in open(path):
-        if line.startswith("=== "):
-            flush()
-            label, rounds = line[4:].strip(), {}
-        elif line.startswith("RESULT"):
-            f = fields(line)
-            rounds.setdefault(f.get("round"), {})[f.get("server")] = f
-    flush()
     print("\n".join(rows))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
