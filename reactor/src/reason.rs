@@ -33,8 +33,9 @@ pub enum CloseReason {
     /// ([`ClientFactory::build_protocol`](crate::ClientFactory::build_protocol) returned
     /// `None`), so it was closed at once (Twisted's `NoProtocol`).
     NoProtocol,
-    /// A user callback panicked; the string is the panic message. Only this connection was
-    /// aborted; the reactor and every other connection go on.
+    /// A user callback panicked; the string is the panic message and where it was raised
+    /// (`"boom (at src/proto.rs:12:9)"`). Only this connection was aborted; the reactor and
+    /// every other connection go on. The panic is logged once, through `tracing`.
     Panic(String),
     /// More data was written than the transport's hard write-buffer limit allows (the producer
     /// ignored `pause_producing`); the connection was aborted to bound memory.
