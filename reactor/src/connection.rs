@@ -187,6 +187,16 @@ impl State {
 /// read's worth).
 const GATHER_LIMIT: usize = 64 * 1024;
 
+/// A vectored write made while gathering is gathered (copied) when it is smaller than this,
+/// as copying it costs less than a system call (a framed answer's header and payload); a
+/// larger one goes out at once, the gathered bytes ahead of it in the same system call, and
+/// only what the socket does not take is copied.
+const GATHER_COPY_MAX: usize = 16 * 1024;
+
+/// The most slices a vectored write made while gathering sends together with the gathered
+/// bytes (one of them); a write of more slices is gathered by copying.
+const GATHER_IOVECS: usize = 64;
+
 /// Writes `data` until all of it went out or the socket refuses (`WouldBlock`); returns how
 /// much it took. After a partial write the socket often has room again at once (the peer is
 /// reading meanwhile), and waiting for writability instead would wait until most of the
@@ -1033,17 +1043,29 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             return;
         }
         st.writes += 1;
-        if self.gathers(&mut st) {
+        let gathering = self.gathers(&mut st);
+        if gathering && (total < GATHER_COPY_MAX || bufs.len() >= GATHER_IOVECS) {
             st.wbuf.push_vectored(bufs, 0);
             return self.gathered_more(st);
         }
-        let written = if st.wbuf.is_empty() {
+        let written = if st.wbuf.is_empty() || gathering {
+            // What this callback gathered goes out first, in the same system call, so `bufs`
+            // is copied only for what the socket does not take.
             let result = match self.io.borrow_mut().as_mut() {
-                Some(io) => io.write_vectored(bufs),
+                Some(io) => {
+                    let mut iov = [IoSlice::new(&[]); GATHER_IOVECS];
+                    iov[0] = IoSlice::new(st.wbuf.front());
+                    iov[1..=bufs.len()].copy_from_slice(bufs);
+                    io.write_vectored(&iov[..=bufs.len()])
+                }
                 None => return,
             };
             match result {
-                Ok(n) => n,
+                Ok(n) => {
+                    let from_buffer = n.min(st.wbuf.len());
+                    st.wbuf.consume(from_buffer);
+                    n - from_buffer
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -1061,6 +1083,11 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
         } else {
             0
         };
+        if gathering {
+            // The callback's end writes (or keeps) whatever is left, as for its other writes.
+            st.wbuf.push_vectored(bufs, written);
+            return self.gathered_more(st);
+        }
         if written == total {
             return self.wrote_all(st);
         }

@@ -108,13 +108,20 @@ impl Protocol for Answer {
 }
 
 fn connection(per_line: usize, room: usize) -> (Reactor, Rc<Wire>, Rc<dyn Source>) {
+    connection_with(Box::new(Answer { per_line }), room)
+}
+
+fn connection_with(
+    protocol: Box<dyn Protocol>,
+    room: usize,
+) -> (Reactor, Rc<Wire>, Rc<dyn Source>) {
     let reactor = Reactor::new().unwrap();
     let wire = Rc::new(Wire::default());
     wire.room.set(room);
     let conn = StreamConnection::start(
         &reactor,
         CountingIo(wire.clone()),
-        Box::new(Answer { per_line }),
+        protocol,
         Address::Unix(UnixAddress::Unnamed),
         Address::Unix(UnixAddress::Unnamed),
         ConnectionConfig::default(),
@@ -183,6 +190,61 @@ fn what_the_socket_does_not_take_stays_buffered_in_order() {
         writable: true,
     });
     assert_eq!(*wire.output.borrow(), input, "the rest followed, in order");
+}
+
+/// Answers each read with a write, a second (gathered) write, a small and a large vectored
+/// write and a last write, noting how much was buffered right after the large one.
+struct VectoredAfterGathered {
+    buffered_after_large: Rc<Cell<Option<usize>>>,
+}
+
+const LARGE: usize = 20_000;
+
+impl Protocol for VectoredAfterGathered {
+    fn data_received(&mut self, t: &mut dyn Transport, _data: &[u8]) {
+        t.write(b"first ");
+        t.write(b"gathered ");
+        t.write_vectored(&[IoSlice::new(b"small"), IoSlice::new(b" one ")]);
+        t.write_vectored(&[IoSlice::new(&[b'x'; LARGE])]);
+        self.buffered_after_large.set(Some(t.buffered()));
+        t.write(b"last");
+    }
+}
+
+/// A large vectored write after gathered writes is not copied into the buffer: it goes out at
+/// once, the gathered bytes (a small vectored write among them) ahead of it in the same call;
+/// what the socket does not take stays buffered, in order.
+#[test]
+fn a_large_vectored_write_takes_the_gathered_bytes_along() {
+    // With room for 10 bytes the first write takes 6 and the vectored call 4.
+    for (room, buffered) in [(usize::MAX, 0), (10, 9 + 10 + LARGE - 4)] {
+        let seen = Rc::new(Cell::new(None));
+        let protocol = VectoredAfterGathered {
+            buffered_after_large: seen.clone(),
+        };
+        let (_reactor, wire, source) = connection_with(Box::new(protocol), room);
+        feed(&wire, &source, b"go");
+        assert_eq!(seen.get(), Some(buffered), "room {room}");
+        if room == usize::MAX {
+            assert_eq!(
+                wire.write_calls.get(),
+                3,
+                "the first write, the gathered ones with the large one, the last"
+            );
+        }
+        wire.room.set(usize::MAX);
+        source.ready(Readiness {
+            readable: false,
+            writable: true,
+        });
+        let mut expected = b"first gathered small one ".to_vec();
+        expected.extend_from_slice(&[b'x'; LARGE]);
+        expected.extend_from_slice(b"last");
+        assert!(
+            *wire.output.borrow() == expected,
+            "room {room}: out of order"
+        );
+    }
 }
 
 #[test]
