@@ -1,6 +1,7 @@
 //! Outgoing connections: the connector shared by TCP and Unix.
 //!
-//! An attempt resolves the host off the reactor thread (IP literals skip this), then tries
+//! An attempt resolves the host off the reactor thread (IP literals skip this; the
+//! [`Resolver`] in [`ConnectOptions::resolver`] is the system's unless you give one), then tries
 //! each resolved address in order until one connects. The whole attempt — resolution and every
 //! address — is bounded by the connect timeout. Each outcome reaches the
 //! [`ClientFactory`]: `started_connecting`, then either a protocol (and later
@@ -31,6 +32,72 @@ use crate::socket::{SocketIo, SocketKind};
 /// Default time a connection attempt may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How an attempt turns a host name into addresses (Twisted's `IHostnameResolver`): the
+/// system's resolver (`getaddrinfo`) by default, or a function of your own, such as a DNS
+/// client, or a fixed table in a test that must not reach the network.
+///
+/// It runs on a thread of its own for each attempt, never on the reactor's, and is not asked
+/// about IP literals. An error fails the attempt with
+/// [`CloseReason::ResolutionFailed`] carrying its message; the addresses are tried in the
+/// order given.
+///
+/// ```
+/// use std::io;
+/// use std::net::SocketAddr;
+/// use torsion_transports::Resolver;
+///
+/// // `db.internal` is 10.0.0.7; everything else is unknown.
+/// let table = Resolver::new(|host, port| match host {
+///     "db.internal" => Ok(vec![SocketAddr::from(([10, 0, 0, 7], port))]),
+///     _ => Err(io::Error::new(io::ErrorKind::NotFound, format!("{host}: not in the table"))),
+/// });
+/// assert_eq!(table.resolve("db.internal", 5432)?, [SocketAddr::from(([10, 0, 0, 7], 5432))]);
+/// assert!(table.resolve("example.com", 80).is_err());
+/// # Ok::<(), io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Resolver(Option<Arc<ResolveFn>>);
+
+type ResolveFn = dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync;
+
+impl Resolver {
+    /// The system's resolver (`getaddrinfo`, through [`ToSocketAddrs`]).
+    pub fn system() -> Self {
+        Resolver(None)
+    }
+
+    /// A resolver that asks `f` for the addresses of a host and port.
+    pub fn new(
+        f: impl Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Self {
+        Resolver(Some(Arc::new(f)))
+    }
+
+    /// The addresses of `host` and `port` (blocking: attempts call it off the reactor thread).
+    pub fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        match &self.0 {
+            None => (host, port).to_socket_addrs().map(Iterator::collect),
+            Some(f) => f(host, port),
+        }
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver::system()
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Resolver(custom)"
+        } else {
+            "Resolver(system)"
+        })
+    }
+}
+
 /// Options of an outgoing connection.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
@@ -49,6 +116,8 @@ pub struct ConnectOptions {
     pub no_delay: bool,
     /// Watermarks and limits of the connection.
     pub config: ConnectionConfig,
+    /// How a host name is resolved (TCP only). Default: the system's resolver.
+    pub resolver: Resolver,
 }
 
 impl Default for ConnectOptions {
@@ -58,6 +127,7 @@ impl Default for ConnectOptions {
             bind: None,
             no_delay: true,
             config: ConnectionConfig::default(),
+            resolver: Resolver::system(),
         }
     }
 }
@@ -202,13 +272,11 @@ impl ConnectorInner {
         let id = NEXT_RESOLVE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RESOLVING.with(|m| m.borrow_mut().insert(id, self.me.clone()));
         let handle = reactor.handle();
+        let resolver = self.options.resolver.clone();
         let spawned = std::thread::Builder::new()
             .name("torsion-resolver".into())
             .spawn(move || {
-                let result = (host.as_str(), port)
-                    .to_socket_addrs()
-                    .map(|it| it.collect::<Vec<_>>())
-                    .map_err(|e| e.to_string());
+                let result = resolver.resolve(&host, port).map_err(|e| e.to_string());
                 let _ = handle.call_from_thread(move |_| {
                     let connector = RESOLVING.with(|m| m.borrow_mut().remove(&id));
                     if let Some(c) = connector.and_then(|w| w.upgrade()) {

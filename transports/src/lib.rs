@@ -49,7 +49,7 @@ use std::path::Path;
 
 use torsion_reactor::{ClientFactory, Connector, DatagramProtocol, Reactor, Result, SharedFactory};
 
-pub use connector::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
+pub use connector::{ConnectOptions, Resolver, DEFAULT_CONNECT_TIMEOUT};
 pub use datagram::{DatagramOptions, DatagramPort, DATAGRAM_READ_SIZE, QUEUE_ENTRY_OVERHEAD};
 pub use endpoint::{
     one_line, ClientEndpoint, ClientTlsFiles, EndpointError, ServerEndpoint, TlsFiles,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockRef, Socket, Type};
 use torsion_reactor::prelude::*;
-use torsion_transports::{ConnectOptions, ReactorExt};
+use torsion_transports::{ConnectOptions, ReactorExt, Resolver};
 
 use util::*;
 
@@ -85,6 +85,27 @@ fn data_arriving_with_fin_is_delivered_and_answered() {
     );
     assert_eq!(rec.borrow().data, b"hello");
     assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Done));
+}
+
+/// The same, with the bytes and the FIN both waiting in the socket before the reactor
+/// accepts the connection: its first read finds the data and the end of stream together.
+#[test]
+fn data_and_fin_waiting_before_accept_are_delivered_and_answered() {
+    let reactor = Reactor::new().unwrap();
+    let (addr, rec) = echo_recorder(&reactor);
+    // The kernel completes the handshake from the backlog, before the reactor runs.
+    let mut client = std_connect(addr);
+    write_all(&mut client, b"hello");
+    client.shutdown(Shutdown::Write).unwrap();
+    let r = rec.clone();
+    run_until(&reactor, "the echo and a clean close", move || is_lost(&r));
+    assert_eq!(rec.borrow().data, b"hello");
+    assert_lost_once(&rec, "server", |r| matches!(r, CloseReason::Done));
+    assert_eq!(
+        read_to_eof(&mut client).expect("read the echo, then EOF"),
+        b"hello",
+        "the echo must be flushed before our FIN"
+    );
 }
 
 /// Half-close: answers with `reply` after the peer's FIN, then closes.
@@ -581,21 +602,74 @@ fn connecting_to_a_full_listen_queue_times_out() {
     panic!("no connection attempt timed out: {outcomes:?}");
 }
 
+/// Resolves nothing, as a name server answering "no such name" would, without the network.
+fn no_such_host() -> ConnectOptions {
+    ConnectOptions {
+        resolver: Resolver::new(|host, _port| {
+            Err(std::io::Error::new(
+                ErrorKind::NotFound,
+                format!("{host}: no such host (test resolver)"),
+            ))
+        }),
+        ..ConnectOptions::default()
+    }
+}
+
 #[test]
 fn connecting_to_an_unresolvable_host_fails_resolution() {
     let reactor = Reactor::new().unwrap();
     let (factory, outcome, rec) = Watcher::new();
-    let _connector = reactor.connect_tcp("no-such-host.invalid", 80, factory);
+    let _connector = reactor.connect_tcp_with("db.example", 80, factory, no_such_host());
     run_attempt(&reactor, &outcome, &rec);
     let o = outcome.borrow();
     assert_eq!(o.started, 1);
     assert_eq!(o.built, 0);
     match o.failed.as_slice() {
         [CloseReason::ResolutionFailed(msg)] => {
-            assert!(!msg.is_empty(), "the resolver's message is kept")
+            assert!(
+                msg.contains("db.example: no such host"),
+                "the resolver's message is kept: {msg}"
+            )
         }
         other => panic!("expected one ResolutionFailed, got {other:?}"),
     }
+}
+
+/// The resolved addresses are tried in order until one connects: a refused one first, then
+/// the listening one.
+#[test]
+fn each_resolved_address_is_tried_in_order() {
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // closed here: nothing listens there any more
+    let reactor = Reactor::new().unwrap();
+    let (addr, _server) = echo_recorder(&reactor);
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let options = ConnectOptions {
+        resolver: Resolver::new(move |host, port| {
+            seen.lock().unwrap().push((host.to_owned(), port));
+            Ok(vec![refused, addr])
+        }),
+        ..ConnectOptions::default()
+    };
+    let (factory, outcome, rec) = Watcher::new();
+    let _connector = reactor.connect_tcp_with("echo.example", 7, factory, options);
+    run_attempt(&reactor, &outcome, &rec);
+    assert_eq!(*asked.lock().unwrap(), [("echo.example".to_owned(), 7)]);
+    assert!(
+        outcome.borrow().failed.is_empty(),
+        "{:?}",
+        outcome.borrow().failed
+    );
+    let handle = rec.borrow().handle.clone().expect("connected");
+    assert_eq!(
+        handle.peer_address(),
+        Address::Inet(addr),
+        "the second address"
+    );
+    handle.abort_connection();
 }
 
 // `connect_tcp` "returns at once; the outcome reaches the factory": the returned Connector
@@ -606,7 +680,7 @@ fn dropped_connector_still_reports_a_failure() {
     let reactor = Reactor::new().unwrap();
     // Resolution happens on another thread, so the report comes after a wait.
     let (factory, outcome, rec) = Watcher::new();
-    drop(reactor.connect_tcp("no-such-host.invalid", 80, factory));
+    drop(reactor.connect_tcp_with("db.example", 80, factory, no_such_host()));
     let o = outcome.clone();
     try_run_until(&reactor, Duration::from_secs(3), move || {
         !o.borrow().failed.is_empty()
