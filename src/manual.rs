@@ -7,7 +7,12 @@
 //! the later ones are gathered and written together when the callback returns (or once
 //! 64 KiB are gathered), so a protocol answering each of many small frames in one read costs
 //! one system call per read, not one per frame, while an echo's single write per read is
-//! never copied. Writes from outside callbacks (timers, handles, producers) go out at once.
+//! never copied. A later vectored write ([`write_vectored`](crate::Transport::write_vectored))
+//! of 16 KiB or more is not gathered by copying: it goes out at once, what the callback
+//! gathered before it ahead of it in the same system call, and only what the socket does not
+//! take is copied (smaller ones, such as a framed answer's header and payload, are gathered:
+//! the copy costs less than a system call). Writes from outside callbacks (timers, handles,
+//! producers) go out at once.
 //! Watermark notices caused by gathered writes come after the callback, as for any write
 //! made inside one. When the buffer rises above the **high watermark** (64 KiB by default,
 //! [`ConnectionConfig`](crate::reactor::ConnectionConfig)), the protocol's
@@ -139,6 +144,15 @@
 //! factory that panics in `build_protocol` fails the attempt: `client_connection_failed` gets
 //! `Panic`; a panic in its other hooks is logged. A panicking timer callback is logged and
 //! skipped.
+//!
+//! Each such panic is logged once, through `tracing`, its message followed by where it was
+//! raised (`boom (at src/proto.rs:12:9)`, also the text of `CloseReason::Panic`). For that
+//! the reactor installs a panic hook before it runs its first callback: silent for a panic
+//! raised inside one of its callbacks (it logs the backtrace there when `RUST_BACKTRACE` asks
+//! for one), it hands every other panic to the hook installed before it, the standard one
+//! printing to stderr or the program's own. A panic a callback raises and catches itself is
+//! not printed either. A hook the program installs later takes over from it, and then prints
+//! caught panics as well.
 //!
 //! # Graceful shutdown
 //!

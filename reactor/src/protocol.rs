@@ -357,7 +357,63 @@ impl fmt::Debug for Connector {
 /// A factory for outgoing connections, told how each attempt goes (Twisted's
 /// `ClientFactory`).
 ///
-/// A closure `FnMut(&Address) -> P` is a client factory that ignores the events.
+/// A closure `FnMut(&Address) -> P` is a client factory that ignores the events. A factory
+/// that implements the hooks can keep a connection policy out of the protocol, such as
+/// retrying a refused connection through the [`Connector`] each hook receives:
+///
+/// ```
+/// use std::rc::Rc;
+/// use std::cell::RefCell;
+/// use torsion_reactor::{Address, ClientFactory, CloseReason, Connector, Protocol, Reactor,
+///     Transport, WeakReactor};
+/// use torsion_transports::ReactorExt; // connect_tcp
+///
+/// struct Quiet;
+/// impl Protocol for Quiet {
+///     fn data_received(&mut self, _t: &mut dyn Transport, _data: &[u8]) {}
+/// }
+///
+/// /// Tries up to three times, then gives up and stops the reactor.
+/// struct ThreeTries {
+///     reactor: WeakReactor, // a strong one would keep the reactor alive for ever
+///     failures: Rc<RefCell<Vec<CloseReason>>>,
+/// }
+///
+/// impl ClientFactory for ThreeTries {
+///     fn build_protocol(&mut self, _peer: &Address) -> Option<Box<dyn Protocol>> {
+///         Some(Box::new(Quiet))
+///     }
+///
+///     fn client_connection_failed(&mut self, connector: &Connector, reason: CloseReason) {
+///         let mut failures = self.failures.borrow_mut();
+///         failures.push(reason);
+///         if failures.len() < 3 {
+///             connector.connect(); // the same destination again
+///         } else if let Some(reactor) = self.reactor.upgrade() {
+///             reactor.stop();
+///         }
+///     }
+///
+///     fn client_connection_lost(&mut self, _connector: &Connector, _reason: CloseReason) {
+///         if let Some(reactor) = self.reactor.upgrade() {
+///             reactor.stop();
+///         }
+///     }
+/// }
+///
+/// // A loopback port nobody listens on: each attempt is refused.
+/// let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+/// let reactor = Reactor::new()?;
+/// let failures = Rc::new(RefCell::new(Vec::new()));
+/// let factory = ThreeTries { reactor: reactor.downgrade(), failures: failures.clone() };
+/// let connector = reactor.connect_tcp("127.0.0.1", port, factory);
+/// assert_eq!(connector.destination(), format!("127.0.0.1:{port}"));
+/// reactor.run()?;
+/// let failures = failures.borrow();
+/// assert_eq!(failures.len(), 3);
+/// assert!(failures.iter().all(|r| matches!(r, CloseReason::ConnectRefused)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait ClientFactory: 'static {
     /// Builds the protocol once connected to `peer`. `None` closes the connection, and the
     /// attempt ends in `client_connection_failed` with [`CloseReason::NoProtocol`] (a panic

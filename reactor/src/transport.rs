@@ -64,6 +64,47 @@ pub struct PeerCredentials {
 ///
 /// `stop_producing` is called once when the connection closes. Producer callbacks take no
 /// transport argument: a producer keeps a [`TransportHandle`] to write through.
+///
+/// ```
+/// use torsion_reactor::testing::{MemoryReactor, StringTransport};
+/// use torsion_reactor::{Producer, Protocol, Transport, TransportHandle};
+///
+/// /// A pull producer: one 1 KiB chunk each time the transport asks, then a graceful close.
+/// struct Chunks {
+///     transport: TransportHandle,
+///     left: usize,
+/// }
+///
+/// impl Producer for Chunks {
+///     fn resume_producing(&mut self) {
+///         if self.left == 0 {
+///             self.transport.unregister_producer();
+///             self.transport.lose_connection();
+///         } else {
+///             self.left -= 1;
+///             self.transport.write(&[b'x'; 1024]);
+///         }
+///     }
+/// }
+///
+/// /// Sends 64 KiB to whoever connects, at the pace the connection takes it.
+/// struct Download;
+///
+/// impl Protocol for Download {
+///     fn connection_made(&mut self, transport: &mut dyn Transport) {
+///         let chunks = Chunks { transport: transport.handle(), left: 64 };
+///         transport.register_producer(Box::new(chunks), false);
+///     }
+///
+///     fn data_received(&mut self, _transport: &mut dyn Transport, _data: &[u8]) {}
+/// }
+///
+/// let mr = MemoryReactor::new();
+/// let st = StringTransport::connect(&mr, Download);
+/// mr.run_until_idle();
+/// assert_eq!(st.take(), vec![b'x'; 64 * 1024]);
+/// assert!(st.fin_received(), "closed once the producer was done");
+/// ```
 pub trait Producer: 'static {
     /// Stop writing until `resume_producing` (push producers only).
     fn pause_producing(&mut self) {}
@@ -80,6 +121,35 @@ pub trait Producer: 'static {
 /// (writes are then ignored). Calls never run protocol callbacks re-entrantly: a callback
 /// caused by a call (say `connection_lost` after `abort_connection`) runs after the current
 /// callback returns, or on the next turn.
+///
+/// ```
+/// use std::io::IoSlice;
+/// use torsion_reactor::testing::{MemoryReactor, StringTransport};
+/// use torsion_reactor::{Protocol, Transport};
+///
+/// /// Answers one `NAME` line with a greeting, then closes gracefully.
+/// struct Greeter;
+///
+/// impl Protocol for Greeter {
+///     fn data_received(&mut self, transport: &mut dyn Transport, data: &[u8]) {
+///         let name = data.strip_suffix(b"\n").unwrap_or(data);
+///         // One write of three pieces, not copied when the socket takes it all.
+///         transport.write_vectored(&[
+///             IoSlice::new(b"hello, "),
+///             IoSlice::new(name),
+///             IoSlice::new(b"\n"),
+///         ]);
+///         // What was written goes out first, then FIN; nothing more is delivered.
+///         transport.lose_connection();
+///     }
+/// }
+///
+/// let mr = MemoryReactor::new();
+/// let st = StringTransport::connect(&mr, Greeter);
+/// st.feed(b"ada\n");
+/// assert_eq!(st.take(), b"hello, ada\n");
+/// assert!(st.fin_received());
+/// ```
 pub trait Transport {
     /// Queues `data` for sending. The transport writes it straight to the socket when it can;
     /// what the socket does not take is buffered (copied once). Ignored once closing.
