@@ -1052,12 +1052,14 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             // What this callback gathered goes out first, in the same system call, so `bufs`
             // is copied only for what the socket does not take.
             let result = match self.io.borrow_mut().as_mut() {
-                Some(io) => {
+                // Fewer than `GATHER_IOVECS` slices when gathering (returned above otherwise).
+                Some(io) if gathering && !st.wbuf.is_empty() => {
                     let mut iov = [IoSlice::new(&[]); GATHER_IOVECS];
                     iov[0] = IoSlice::new(st.wbuf.front());
                     iov[1..=bufs.len()].copy_from_slice(bufs);
                     io.write_vectored(&iov[..=bufs.len()])
                 }
+                Some(io) => io.write_vectored(bufs),
                 None => return,
             };
             match result {

@@ -247,6 +247,33 @@ fn a_large_vectored_write_takes_the_gathered_bytes_along() {
     }
 }
 
+/// Writes 200 slices of 100 bytes as a callback's first write, one byte, then the 200 slices
+/// again (gathered).
+struct ManySlices;
+
+impl Protocol for ManySlices {
+    fn data_received(&mut self, t: &mut dyn Transport, _data: &[u8]) {
+        let pieces: Vec<Vec<u8>> = (0..200u8).map(|i| vec![i; 100]).collect();
+        let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        t.write_vectored(&slices);
+        t.write(b"|");
+        t.write_vectored(&slices);
+    }
+}
+
+/// A vectored write of more slices than a gathered write carries along is written (or
+/// gathered) whole, in order, whether it is a callback's first write or a later one.
+#[test]
+fn vectored_writes_of_many_slices_arrive_whole() {
+    let (_reactor, wire, source) = connection_with(Box::new(ManySlices), usize::MAX);
+    feed(&wire, &source, b"go");
+    let once: Vec<u8> = (0..200u8).flat_map(|i| vec![i; 100]).collect();
+    let mut expected = once.clone();
+    expected.push(b'|');
+    expected.extend_from_slice(&once);
+    assert!(*wire.output.borrow() == expected, "out of order or short");
+}
+
 #[test]
 fn gathering_is_bounded_within_a_callback() {
     // Ten answers per line: each 64 KiB read is answered with 640 KiB in one callback, which

@@ -101,6 +101,10 @@ fn tcp_server(reactor: &Reactor) -> (std::net::SocketAddr, Shared) {
     (port_addr(&port.local_address()), server)
 }
 
+/// The case as a user meets it. The kernel answers the first write after an RST with
+/// `ECONNRESET`, which raises no signal, and the transport then closes and writes no more; the
+/// two tests below are the ones in which a write without `MSG_NOSIGNAL` would draw `EPIPE`
+/// and kill the process.
 #[test]
 fn writing_into_a_reset_tcp_connection_does_not_raise_sigpipe() {
     default_sigpipe();
