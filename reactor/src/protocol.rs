@@ -158,6 +158,61 @@ impl<P: Protocol> IntoProtocol for Option<P> {
 ///     peer.socket_addr().filter(|a| a.ip().is_loopback()).map(|_| Echo)
 /// });
 /// ```
+///
+/// A factory of its own type can keep state across connections (here, numbering them) and
+/// use the start and stop hooks:
+///
+/// ```
+/// use std::io::Read;
+/// use torsion_reactor::{Address, Factory, Protocol, Reactor, Transport};
+/// use torsion_transports::ReactorExt; // listen_tcp
+///
+/// /// Greets each client with its number, then closes.
+/// struct Greeting(usize);
+///
+/// impl Protocol for Greeting {
+///     fn connection_made(&mut self, transport: &mut dyn Transport) {
+///         transport.write(format!("you are client {}\n", self.0).as_bytes());
+///         transport.lose_connection();
+///     }
+///     fn data_received(&mut self, _transport: &mut dyn Transport, _data: &[u8]) {}
+/// }
+///
+/// struct Numbering {
+///     served: usize,
+/// }
+///
+/// impl Factory for Numbering {
+///     fn build_protocol(&mut self, _peer: &Address, _local: &Address) -> Option<Box<dyn Protocol>> {
+///         self.served += 1;
+///         Some(Box::new(Greeting(self.served)))
+///     }
+/// }
+///
+/// let reactor = Reactor::new()?;
+/// let port = reactor.listen_tcp("127.0.0.1:0", Numbering { served: 0 })?;
+/// let addr = port.local_address().socket_addr().expect("an IP address");
+/// let client = std::thread::spawn(move || -> std::io::Result<Vec<String>> {
+///     let mut greetings = Vec::new();
+///     for _ in 0..2 {
+///         let mut stream = std::net::TcpStream::connect(addr)?;
+///         let mut text = String::new();
+///         stream.read_to_string(&mut text)?; // until the server's FIN
+///         greetings.push(text);
+///     }
+///     Ok(greetings)
+/// });
+/// let handle = reactor.handle();
+/// let waiter = std::thread::spawn(move || {
+///     let greetings = client.join().expect("client thread");
+///     let _ = handle.call_from_thread(|reactor| reactor.stop());
+///     greetings
+/// });
+/// reactor.run()?;
+/// let greetings = waiter.join().expect("waiter")?;
+/// assert_eq!(greetings, ["you are client 1\n", "you are client 2\n"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Factory: 'static {
     /// Builds the protocol for a connection from `peer` to `local`, or `None` to refuse it
     /// (the socket is closed at once).
