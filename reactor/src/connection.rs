@@ -215,6 +215,35 @@ fn write_until_refused(io: &mut impl StreamIo, data: &[u8]) -> io::Result<usize>
     Ok(sent)
 }
 
+/// Writes `front` (a callback's gathered bytes) and then `bufs` with one system call, or
+/// `bufs` alone when `front` is empty; returns how much it took (nothing when the socket
+/// refuses). With `front` not empty, `bufs` has fewer than [`GATHER_IOVECS`] slices.
+fn write_vectored_after(
+    io: &mut impl StreamIo,
+    front: &[u8],
+    bufs: &[IoSlice<'_>],
+) -> io::Result<usize> {
+    let result = if front.is_empty() {
+        io.write_vectored(bufs)
+    } else {
+        let mut iov = [IoSlice::new(&[]); GATHER_IOVECS];
+        iov[0] = IoSlice::new(front);
+        iov[1..=bufs.len()].copy_from_slice(bufs);
+        io.write_vectored(&iov[..=bufs.len()])
+    };
+    match result {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(0)
+        }
+        other => other,
+    }
+}
+
 /// A call the protocol made between `wrap_protocol` and the swap, replayed through the layer.
 enum Held {
     Write(Vec<u8>),
@@ -1048,18 +1077,12 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
             st.wbuf.push_vectored(bufs, 0);
             return self.gathered_more(st);
         }
+        // Outside gathering, bytes still buffered mean the socket was full: they go first,
+        // once it is writable. Gathered bytes go out first in the same system call, so `bufs`
+        // is copied only for what the socket does not take.
         let written = if st.wbuf.is_empty() || gathering {
-            // What this callback gathered goes out first, in the same system call, so `bufs`
-            // is copied only for what the socket does not take.
             let result = match self.io.borrow_mut().as_mut() {
-                // Fewer than `GATHER_IOVECS` slices when gathering (returned above otherwise).
-                Some(io) if gathering && !st.wbuf.is_empty() => {
-                    let mut iov = [IoSlice::new(&[]); GATHER_IOVECS];
-                    iov[0] = IoSlice::new(st.wbuf.front());
-                    iov[1..=bufs.len()].copy_from_slice(bufs);
-                    io.write_vectored(&iov[..=bufs.len()])
-                }
-                Some(io) => io.write_vectored(bufs),
+                Some(io) => write_vectored_after(io, st.wbuf.front(), bufs),
                 None => return,
             };
             match result {
@@ -1067,14 +1090,6 @@ impl<IO: StreamIo> Transport for StreamConnection<IO> {
                     let from_buffer = n.min(st.wbuf.len());
                     st.wbuf.consume(from_buffer);
                     n - from_buffer
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    0
                 }
                 Err(e) => {
                     drop(st);
