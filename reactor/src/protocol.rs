@@ -163,7 +163,9 @@ impl<P: Protocol> IntoProtocol for Option<P> {
 /// use the start and stop hooks:
 ///
 /// ```
+/// use std::cell::RefCell;
 /// use std::io::Read;
+/// use std::rc::Rc;
 /// use torsion_reactor::{Address, Factory, Protocol, Reactor, Transport};
 /// use torsion_transports::ReactorExt; // listen_tcp
 ///
@@ -180,6 +182,7 @@ impl<P: Protocol> IntoProtocol for Option<P> {
 ///
 /// struct Numbering {
 ///     served: usize,
+///     hooks: Rc<RefCell<Vec<&'static str>>>,
 /// }
 ///
 /// impl Factory for Numbering {
@@ -187,10 +190,18 @@ impl<P: Protocol> IntoProtocol for Option<P> {
 ///         self.served += 1;
 ///         Some(Box::new(Greeting(self.served)))
 ///     }
+///     fn start_factory(&mut self) {
+///         self.hooks.borrow_mut().push("start");
+///     }
+///     fn stop_factory(&mut self) {
+///         self.hooks.borrow_mut().push("stop");
+///     }
 /// }
 ///
+/// let hooks = Rc::new(RefCell::new(Vec::new()));
 /// let reactor = Reactor::new()?;
-/// let port = reactor.listen_tcp("127.0.0.1:0", Numbering { served: 0 })?;
+/// let factory = Numbering { served: 0, hooks: hooks.clone() };
+/// let port = reactor.listen_tcp("127.0.0.1:0", factory)?;
 /// let addr = port.local_address().socket_addr().expect("an IP address");
 /// let client = std::thread::spawn(move || -> std::io::Result<Vec<String>> {
 ///     let mut greetings = Vec::new();
@@ -211,6 +222,8 @@ impl<P: Protocol> IntoProtocol for Option<P> {
 /// reactor.run()?;
 /// let greetings = waiter.join().expect("waiter")?;
 /// assert_eq!(greetings, ["you are client 1\n", "you are client 2\n"]);
+/// port.stop_listening();
+/// assert_eq!(*hooks.borrow(), ["start", "stop"]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait Factory: 'static {
