@@ -76,8 +76,12 @@ impl Default for ConnectionConfig {
 ///
 /// All methods are non-blocking: `read` and `write` return `WouldBlock` when they cannot make
 /// progress, and readiness is reported later through the [`Source`] given to
-/// [`attach`](StreamIo::attach), under the backend contract's level semantics. Dropping the
-/// object closes the pipe.
+/// [`attach`](StreamIo::attach). Dropping the object closes the pipe.
+///
+/// Readiness may be edge-triggered ([`Registered::new_edge_triggered`](crate::Registered)):
+/// the connection reads until a read comes back `WouldBlock` or shorter than asked, and when
+/// it stops before that (its fair share of reads per turn used up) it calls
+/// [`read_again`](StreamIo::read_again).
 pub trait StreamIo: 'static {
     /// Reads into `buf`; `Ok(0)` is end of stream.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
@@ -91,6 +95,10 @@ pub trait StreamIo: 'static {
     fn prepare_abort(&mut self) {}
     /// Which readiness to report from now on.
     fn set_interest(&mut self, interest: Interest) -> io::Result<()>;
+    /// Reading stopped while data may be left: report the pipe readable again next turn. A
+    /// pipe whose readiness is level-triggered is reported again anyway, and needs nothing
+    /// here (the default).
+    fn read_again(&mut self) {}
     /// Where to report readiness.
     fn attach(&mut self, source: Rc<dyn Source>);
     /// `TCP_NODELAY`.
@@ -143,6 +151,8 @@ struct State {
     read_eof: bool,
     write_closing: bool,
     write_shut: bool,
+    /// The backend reported the peer's hang-up or an error: reads go on past a short one.
+    hang_up: bool,
     half_close: bool,
     /// `Some(streaming)` while a producer is registered.
     producer: Option<bool>,
@@ -339,6 +349,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 read_eof: false,
                 write_closing: false,
                 write_shut: false,
+                hang_up: false,
                 half_close,
                 producer: None,
                 pending: 0,
@@ -918,43 +929,53 @@ impl<IO: StreamIo> StreamConnection<IO> {
 
     fn read_ready(&self, reactor: &Reactor) {
         let mut buf = reactor.take_read_buffer();
-        for _ in 0..self.config.max_reads_per_turn.max(1) {
-            let discard = {
-                let st = self.st.borrow();
-                match st.phase {
-                    Phase::Closed => break,
-                    Phase::Open if st.read_paused || st.read_eof => break,
-                    Phase::Closing if st.read_eof => break,
-                    Phase::Open => false,
-                    Phase::Closing => true,
-                }
-            };
-            let result = match self.io.borrow_mut().as_mut() {
-                Some(io) => {
-                    let size = io.read_size().clamp(1, buf.len());
-                    io.read(&mut buf[..size]).map(|n| (n, size))
-                }
-                None => break,
-            };
-            match result {
-                Ok((0, _)) => {
-                    self.on_eof();
-                    break;
-                }
-                Ok((n, size)) => {
-                    if !discard {
-                        self.with_protocol(|p, t| p.data_received(t, &buf[..n]));
+        'read: {
+            for _ in 0..self.config.max_reads_per_turn.max(1) {
+                let discard = {
+                    let st = self.st.borrow();
+                    match st.phase {
+                        Phase::Closed => break 'read,
+                        // Resuming re-arms the interest, so nothing is lost while paused.
+                        Phase::Open if st.read_paused || st.read_eof => break 'read,
+                        Phase::Closing if st.read_eof => break 'read,
+                        Phase::Open => false,
+                        Phase::Closing => true,
                     }
-                    if n < size {
-                        break;
+                };
+                let result = match self.io.borrow_mut().as_mut() {
+                    Some(io) => {
+                        let size = io.read_size().clamp(1, buf.len());
+                        io.read(&mut buf[..size]).map(|n| (n, size))
+                    }
+                    None => break 'read,
+                };
+                match result {
+                    Ok((0, _)) => {
+                        self.on_eof();
+                        break 'read;
+                    }
+                    Ok((n, size)) => {
+                        if !discard {
+                            self.with_protocol(|p, t| p.data_received(t, &buf[..n]));
+                        }
+                        // A short read emptied the socket, unless the end of stream (or an
+                        // error) waits behind it: an edge-triggered socket that hung up is
+                        // not reported again.
+                        if n < size && !self.st.borrow().hang_up {
+                            break 'read;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 'read,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.fail(e);
+                        break 'read;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.fail(e);
-                    break;
-                }
+            }
+            // This turn's share of reads is used up with data perhaps left: next turn.
+            if let Some(io) = self.io.borrow_mut().as_mut() {
+                io.read_again();
             }
         }
         reactor.return_read_buffer(buf);
@@ -1006,7 +1027,11 @@ impl<IO: StreamIo> Source for StreamConnection<IO> {
         let Some(reactor) = self.reactor.upgrade() else {
             return;
         };
-        let was_paused = self.st.borrow().read_paused;
+        let was_paused = {
+            let mut st = self.st.borrow_mut();
+            st.hang_up |= readiness.hang_up;
+            st.read_paused
+        };
         if readiness.writable {
             self.flush();
         }

@@ -119,6 +119,11 @@ pub(crate) struct Inner {
     busy_poll: Cell<BusyPoll>,
     read_buf: Cell<Option<ReadBuffer>>,
     events: Cell<Vec<BackendEvent>>,
+    /// Keys of edge-triggered sources that stopped reading early: told readable again next
+    /// turn ([`Registered::ready_again`](crate::Registered::ready_again)). The spare keeps the
+    /// other list's allocation between turns.
+    again: RefCell<Vec<usize>>,
+    again_spare: Cell<Vec<usize>>,
     signals: RefCell<Vec<signal_hook::SigId>>,
 }
 
@@ -196,6 +201,13 @@ impl Drop for Reactor {
             }
         }
         drop(queued);
+    }
+}
+
+impl Inner {
+    /// Tells the source under `key` it is readable at the end of the next turn.
+    pub(crate) fn ready_again(&self, key: usize) {
+        self.again.borrow_mut().push(key);
     }
 }
 
@@ -345,6 +357,8 @@ impl Reactor {
                 busy_poll: Cell::new(BusyPoll::new(DEFAULT_BUSY_POLL)),
                 read_buf: Cell::new(None),
                 events: Cell::new(Vec::with_capacity(1024)),
+                again: RefCell::new(Vec::new()),
+                again_spare: Cell::new(Vec::new()),
                 signals: RefCell::new(Vec::new()),
             }),
         }
@@ -671,7 +685,9 @@ impl Reactor {
     }
 
     fn has_ready_work(&self) -> bool {
-        !self.inner.soon.borrow().is_empty() || self.inner.shared.pending.load(Ordering::Acquire)
+        !self.inner.soon.borrow().is_empty()
+            || !self.inner.again.borrow().is_empty()
+            || self.inner.shared.pending.load(Ordering::Acquire)
     }
 
     /// One turn; `block` lets it wait for I/O until the next timer (or `limit`).
@@ -683,7 +699,8 @@ impl Reactor {
         // was forced. `stop`'s wake-up cannot be relied on: the busy-poll spin consumes it.
         let stopping = self.inner.state.get() == RunState::Stopping
             && (self.inner.holds.get() == 0 || limit.is_none() || self.inner.force_stop.get());
-        let timeout = if !block || self.has_ready_work() || stopping {
+        let again = self.inner.again.replace(self.inner.again_spare.take());
+        let timeout = if !block || !again.is_empty() || self.has_ready_work() || stopping {
             Some(Duration::ZERO)
         } else {
             let now = self.now();
@@ -698,12 +715,19 @@ impl Reactor {
         events.clear();
         if let Err(e) = self.wait(&mut events, timeout) {
             self.inner.events.set(events);
+            self.inner.again.borrow_mut().extend(again);
             return Err(Error::io("wait for events", e));
         }
         for ev in &events {
             self.dispatch(ev.key, ev.readiness);
         }
         self.inner.events.set(events);
+        for &key in &again {
+            self.dispatch(key, Readiness::READABLE);
+        }
+        let mut again = again;
+        again.clear();
+        self.inner.again_spare.set(again);
         self.run_from_threads();
         Ok(())
     }

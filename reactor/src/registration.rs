@@ -10,7 +10,7 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd};
 use std::rc::{Rc, Weak};
 
-use crate::backend::{Interest, Readiness};
+use crate::backend::{Interest, Readiness, Trigger};
 use crate::error::{Error, Result};
 use crate::reactor::{Inner, Reactor};
 
@@ -142,19 +142,40 @@ pub struct Registered<S: AsFd> {
     io: S,
     key: usize,
     interest: Cell<Interest>,
+    trigger: Trigger,
     reactor: Weak<Inner>,
 }
 
 impl<S: AsFd> Registered<S> {
     /// Registers `io` with `reactor` under a fresh key. Readiness is delivered to the source set
     /// with [`Registered::set_source`]; until then events are dropped.
+    ///
+    /// The source hears of readiness at every turn while it lasts (level-triggered), so it may
+    /// stop reading or accepting early without losing the wake-up.
     pub fn new(reactor: &Reactor, io: S, interest: Interest) -> Result<Self> {
+        Self::register(reactor, io, interest, Trigger::Level)
+    }
+
+    /// Registers `io` like [`Registered::new`], but the source may hear of readiness only when
+    /// it rises: data arrives, room frees up, the peer hangs up, or an interest change finds
+    /// it already there (edge-triggered, where the backend offers it).
+    ///
+    /// In exchange for one kernel poll less per wake-up, the source takes on a duty: each time
+    /// it is told the descriptor is readable, it reads until the descriptor reports empty
+    /// (`WouldBlock`, or a stream read shorter than the buffer it gave) or calls
+    /// [`Registered::ready_again`] to be told again next turn. Events that arrive before
+    /// [`Registered::set_source`] are kept, not lost, when the source is set in the same turn.
+    pub fn new_edge_triggered(reactor: &Reactor, io: S, interest: Interest) -> Result<Self> {
+        Self::register(reactor, io, interest, Trigger::Edge)
+    }
+
+    fn register(reactor: &Reactor, io: S, interest: Interest, trigger: Trigger) -> Result<Self> {
         let inner = reactor.inner();
         let key = inner.slots.borrow_mut().reserve();
         let fd = io.as_fd().as_raw_fd();
         // SAFETY: `Registered` owns `io`, and its `Drop` deregisters `fd` before `io` (a field
         // dropped after `drop` returns) closes it.
-        if let Err(e) = unsafe { inner.backend.register(fd, key, interest) } {
+        if let Err(e) = unsafe { inner.backend.register(fd, key, interest, trigger) } {
             inner.slots.borrow_mut().release(key);
             return Err(Error::io("register with the poller", e));
         }
@@ -162,6 +183,7 @@ impl<S: AsFd> Registered<S> {
             io,
             key,
             interest: Cell::new(interest),
+            trigger,
             reactor: Rc::downgrade(inner),
         })
     }
@@ -179,12 +201,27 @@ impl<S: AsFd> Registered<S> {
             return Ok(());
         }
         if let Some(inner) = self.reactor.upgrade() {
-            inner
-                .backend
-                .reregister(self.io.as_fd().as_raw_fd(), self.key, interest)?;
+            inner.backend.reregister(
+                self.io.as_fd().as_raw_fd(),
+                self.key,
+                interest,
+                self.trigger,
+            )?;
         }
         self.interest.set(interest);
         Ok(())
+    }
+
+    /// Has the source told it is readable again next turn, without waiting for the backend:
+    /// an edge-triggered source calls this when it stopped reading before the descriptor was
+    /// empty (to be fair to other sources). A level-triggered registration needs no such
+    /// reminder, so for one this does nothing.
+    pub fn ready_again(&self) {
+        if self.trigger == Trigger::Edge {
+            if let Some(inner) = self.reactor.upgrade() {
+                inner.ready_again(self.key);
+            }
+        }
     }
 
     /// The current interest.

@@ -137,10 +137,7 @@ fn feed(wire: &Wire, source: &Rc<dyn Source>, data: &[u8]) {
         if wire.input.borrow().is_empty() {
             return;
         }
-        source.ready(Readiness {
-            readable: true,
-            writable: false,
-        });
+        source.ready(Readiness::READABLE);
     }
     panic!("the connection stopped reading");
 }
@@ -185,10 +182,7 @@ fn what_the_socket_does_not_take_stays_buffered_in_order() {
         "the socket took what it had room for"
     );
     wire.room.set(usize::MAX);
-    source.ready(Readiness {
-        readable: false,
-        writable: true,
-    });
+    source.ready(Readiness::WRITABLE);
     assert_eq!(*wire.output.borrow(), input, "the rest followed, in order");
 }
 
@@ -233,10 +227,7 @@ fn a_large_vectored_write_takes_the_gathered_bytes_along() {
             );
         }
         wire.room.set(usize::MAX);
-        source.ready(Readiness {
-            readable: false,
-            writable: true,
-        });
+        source.ready(Readiness::WRITABLE);
         let mut expected = b"first gathered small one ".to_vec();
         expected.extend_from_slice(&[b'x'; LARGE]);
         expected.extend_from_slice(b"last");
@@ -420,10 +411,7 @@ fn reads_ask_for_the_streams_read_size_and_go_on_while_full() {
     wire.read_size.set(1000);
     let input = lines(2000);
     wire.input.borrow_mut().extend(input.iter().copied());
-    source.ready(Readiness {
-        readable: true,
-        writable: false,
-    });
+    source.ready(Readiness::READABLE);
     let reads = wire.reads.borrow().clone();
     assert_eq!(
         reads.len(),

@@ -338,7 +338,7 @@ impl ConnectorInner {
             match self.open(&addr) {
                 Ok(socket) => {
                     let address = sockaddr_to_address(&addr);
-                    match Registered::new(&reactor, socket, Interest::WRITABLE) {
+                    match Registered::new_edge_triggered(&reactor, socket, Interest::WRITABLE) {
                         Ok(reg) => {
                             reg.set_source(self.me.upgrade().expect("alive"));
                             *self.state.borrow_mut() = State::Connecting { reg, addr: address };

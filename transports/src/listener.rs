@@ -218,7 +218,7 @@ impl Listener {
         if self.no_delay && self.kind == SocketKind::Tcp {
             let _ = socket.set_tcp_nodelay(true);
         }
-        let reg = match Registered::new(reactor, socket, Interest::READABLE) {
+        let reg = match Registered::new_edge_triggered(reactor, socket, Interest::READABLE) {
             Ok(reg) => reg,
             Err(e) => {
                 tracing::error!(peer = %peer, error = %e, "could not register an accepted connection");
@@ -251,10 +251,7 @@ impl Listener {
                 conns.slots[slot] = Slot::Live(conn.handle());
             }
         }
-        conn.ready(Readiness {
-            readable: true,
-            writable: false,
-        });
+        conn.ready(Readiness::READABLE);
     }
 
     fn reserve_slot(&self) -> usize {

@@ -70,6 +70,10 @@ impl StreamIo for SocketIo {
         self.reg.set_interest(interest)
     }
 
+    fn read_again(&mut self) {
+        self.reg.ready_again();
+    }
+
     fn attach(&mut self, source: Rc<dyn Source>) {
         self.reg.set_source(source);
     }

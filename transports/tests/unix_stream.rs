@@ -338,6 +338,46 @@ fn echo_to_a_client_that_does_not_read_buffers_at_most_one_read_past_the_waterma
     );
 }
 
+/// A connection stops after its share of reads per turn with data still waiting, and nothing
+/// new arrives: the rest is still read in the turns after (readiness is edge-triggered, so
+/// the reactor, not a fresh event, must bring the connection back).
+#[test]
+fn data_left_after_a_turns_share_of_reads_is_read_without_a_new_arrival() {
+    let reactor = Reactor::new().unwrap();
+    let rec = record();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("share.sock");
+    let mut options = UnixListenOptions::default();
+    options.config.max_reads_per_turn = 1;
+    let r = rec.clone();
+    let _port = reactor
+        .listen_unix_with(&path, move |_: &Address| Recorder::new(&r), options)
+        .unwrap();
+    // Queued before the reactor accepts, so all of it is there at the first event.
+    let mut client = UnixStream::connect(&path).expect("connect to the server");
+    client.set_nonblocking(true).unwrap();
+    let sent = pattern(4 * UNIX_READ_SIZE);
+    let mut queued = 0;
+    while queued < sent.len() {
+        match client.write(&sent[queued..]) {
+            Ok(n) => queued += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(
+        queued > 2 * UNIX_READ_SIZE,
+        "only {queued} bytes queued: the test needs several full reads waiting"
+    );
+    let r = rec.clone();
+    run_until(&reactor, "every queued byte", move || {
+        r.borrow().data.len() == queued
+    });
+    assert_eq!(rec.borrow().data, sent[..queued]);
+    assert!(rec.borrow().chunks >= 3, "{} reads", rec.borrow().chunks);
+    drop(client);
+}
+
 #[test]
 fn connecting_to_a_full_accept_queue_is_refused_at_once_without_spinning() {
     use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
-//! The Linux backend: level-triggered epoll through rustix, with an eventfd waker.
+//! The Linux backend: epoll through rustix, with an eventfd waker. Edge registrations are
+//! edge-triggered (`EPOLLET`), the others level-triggered.
 //!
 //! It is the default on Linux because it makes exactly one system call per wait. (The
 //! portable [`polling`](super::polling) backend re-arms its notifier and timer descriptors on
@@ -14,7 +15,7 @@ use std::time::Duration;
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{eventfd, EventfdFlags, Timespec};
 
-use super::{Backend, BackendEvent, Interest, Readiness, Waker};
+use super::{Backend, BackendEvent, Interest, Readiness, Trigger, Waker};
 
 const WAKE_KEY: u64 = u64::MAX;
 
@@ -39,10 +40,17 @@ impl Waker for EventFdWaker {
     }
 }
 
-fn flags(interest: Interest) -> EventFlags {
-    let mut f = EventFlags::empty();
+fn flags(interest: Interest, trigger: Trigger) -> EventFlags {
+    let mut f = match trigger {
+        Trigger::Level => EventFlags::empty(),
+        Trigger::Edge => EventFlags::ET,
+    };
     if interest.readable {
         f |= EventFlags::IN;
+        if trigger == Trigger::Edge {
+            // Tells a read that comes up short whether the end of stream waits behind it.
+            f |= EventFlags::RDHUP;
+        }
     }
     if interest.writable {
         f |= EventFlags::OUT;
@@ -64,7 +72,13 @@ impl EpollBackend {
 }
 
 impl Backend for EpollBackend {
-    unsafe fn register(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()> {
+    unsafe fn register(
+        &self,
+        fd: RawFd,
+        key: usize,
+        interest: Interest,
+        trigger: Trigger,
+    ) -> io::Result<()> {
         if interest == Interest::NONE {
             return Ok(()); // added when it first wants something
         }
@@ -74,11 +88,17 @@ impl Backend for EpollBackend {
             &self.epfd,
             fd,
             EventData::new_u64(key as u64),
-            flags(interest),
+            flags(interest, trigger),
         )?)
     }
 
-    fn reregister(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()> {
+    fn reregister(
+        &self,
+        fd: RawFd,
+        key: usize,
+        interest: Interest,
+        trigger: Trigger,
+    ) -> io::Result<()> {
         // SAFETY: registered descriptors stay open until deregistered (`register`'s contract).
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
         if interest == Interest::NONE {
@@ -90,10 +110,11 @@ impl Backend for EpollBackend {
             };
         }
         let data = EventData::new_u64(key as u64);
-        match epoll::modify(&self.epfd, bfd, data, flags(interest)) {
-            Err(rustix::io::Errno::NOENT) => {
-                Ok(epoll::add(&self.epfd, bfd, data, flags(interest))?)
-            }
+        let flags = flags(interest, trigger);
+        // Both re-poll the descriptor, so an edge registration whose condition already holds
+        // is reported at the next wait.
+        match epoll::modify(&self.epfd, bfd, data, flags) {
+            Err(rustix::io::Errno::NOENT) => Ok(epoll::add(&self.epfd, bfd, data, flags)?),
             other => Ok(other?),
         }
     }
@@ -145,6 +166,7 @@ impl Backend for EpollBackend {
                 readiness: Readiness {
                     readable: error || f.intersects(EventFlags::IN | EventFlags::RDHUP),
                     writable: error || f.contains(EventFlags::OUT),
+                    hang_up: error || f.contains(EventFlags::RDHUP),
                 },
             });
         }

@@ -6,11 +6,20 @@
 //! exactly these guarantees, and a new backend (io_uring, kqueue, a reactor per core) must
 //! provide them:
 //!
-//! - **Level semantics.** After [`Backend::wait`] reports a source, it reports it again on the
-//!   next `wait` for as long as the condition holds (unread data, room to write) and the
-//!   interest includes it. The reactor may therefore stop reading a source early to be fair to
-//!   others without losing the wake-up. A backend built on one-shot or edge notification must
-//!   re-arm itself to keep this promise.
+//! - **Level semantics** for a [`Trigger::Level`] registration. After [`Backend::wait`] reports
+//!   a source, it reports it again on the next `wait` for as long as the condition holds
+//!   (unread data, room to write) and the interest includes it. The reactor may therefore stop
+//!   reading a source early to be fair to others without losing the wake-up. A backend built
+//!   on one-shot or edge notification must re-arm itself to keep this promise.
+//! - **Edge registrations may be reported less.** A [`Trigger::Edge`] registration may instead
+//!   be reported only when its readiness rises (data arrives, room frees up, the peer hangs
+//!   up) and when `reregister` gives it an interest whose condition already holds. Its owner
+//!   reads until the descriptor says it is empty (`WouldBlock`, or a stream read shorter than
+//!   asked) or asks the reactor to report it again next turn
+//!   ([`Registered::ready_again`](crate::Registered::ready_again)). This spares the kernel
+//!   polling every reported descriptor a second time on the next wait. A backend may treat an
+//!   edge registration as level (the portable backend does): level reports only add wake-ups,
+//!   and every source copes with a wake-up that finds nothing to do.
 //! - **Keys are opaque.** The reactor passes a `usize` key at registration (a slot index with a
 //!   generation tag) and the backend reports it back unchanged. The backend never interprets
 //!   it.
@@ -54,6 +63,16 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How a registration is reported: see the contract above.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// Reported at every wait while the condition holds.
+    #[default]
+    Level,
+    /// May be reported only when the condition rises.
+    Edge,
+}
+
 /// Which readiness a source wants to hear about.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Interest {
@@ -93,6 +112,26 @@ pub struct Readiness {
     pub readable: bool,
     /// The source can be written, or has an error pending.
     pub writable: bool,
+    /// The peer hung up or an error is pending (reported by edge registrations, where the
+    /// backend can tell): a read shorter than asked no longer means the descriptor is empty,
+    /// since the end of stream or the error still waits behind the data, and nothing may
+    /// report the descriptor again. Read on until `Ok(0)`, the error or `WouldBlock`.
+    pub hang_up: bool,
+}
+
+impl Readiness {
+    /// Readable only.
+    pub const READABLE: Readiness = Readiness {
+        readable: true,
+        writable: false,
+        hang_up: false,
+    };
+    /// Writable only.
+    pub const WRITABLE: Readiness = Readiness {
+        readable: false,
+        writable: true,
+        hang_up: false,
+    };
 }
 
 /// One event as reported by [`Backend::wait`].
@@ -113,9 +152,21 @@ pub(crate) trait Backend {
     ///
     /// # Safety
     /// `fd` must stay open until [`Backend::deregister`] has been called for it.
-    unsafe fn register(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()>;
-    /// Changes the interest of a registered descriptor.
-    fn reregister(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()>;
+    unsafe fn register(
+        &self,
+        fd: RawFd,
+        key: usize,
+        interest: Interest,
+        trigger: Trigger,
+    ) -> io::Result<()>;
+    /// Changes the interest of a registered descriptor (`trigger` as at registration).
+    fn reregister(
+        &self,
+        fd: RawFd,
+        key: usize,
+        interest: Interest,
+        trigger: Trigger,
+    ) -> io::Result<()>;
     /// Stops reporting a descriptor; called before it is closed.
     fn deregister(&self, fd: RawFd) -> io::Result<()>;
     /// Waits up to `timeout` (`None`: without limit) and appends ready sources to `events`.
@@ -156,7 +207,10 @@ mod contract_tests {
     fn unread_data_is_reported_again() {
         for (name, b) in backends() {
             let (a, mut peer) = pair();
-            unsafe { b.register(a.as_raw_fd(), 7, Interest::READABLE).unwrap() };
+            unsafe {
+                b.register(a.as_raw_fd(), 7, Interest::READABLE, Trigger::Level)
+                    .unwrap()
+            };
             peer.write_all(b"x").unwrap();
             for turn in 0..3 {
                 let ev = poll(&*b);
@@ -172,7 +226,10 @@ mod contract_tests {
     fn writable_is_reported_again_and_interest_changes_apply() {
         for (name, b) in backends() {
             let (a, _peer) = pair();
-            unsafe { b.register(a.as_raw_fd(), 3, Interest::BOTH).unwrap() };
+            unsafe {
+                b.register(a.as_raw_fd(), 3, Interest::BOTH, Trigger::Level)
+                    .unwrap()
+            };
             for _ in 0..2 {
                 let ev = poll(&*b);
                 assert_eq!(ev.len(), 1, "{name}");
@@ -181,9 +238,11 @@ mod contract_tests {
                     "{name}"
                 );
             }
-            b.reregister(a.as_raw_fd(), 3, Interest::READABLE).unwrap();
+            b.reregister(a.as_raw_fd(), 3, Interest::READABLE, Trigger::Level)
+                .unwrap();
             assert!(poll(&*b).is_empty(), "{name}");
-            b.reregister(a.as_raw_fd(), 4, Interest::WRITABLE).unwrap();
+            b.reregister(a.as_raw_fd(), 4, Interest::WRITABLE, Trigger::Level)
+                .unwrap();
             let ev = poll(&*b);
             assert_eq!(ev.len(), 1, "{name}");
             assert_eq!(ev[0].key, 4, "{name}");
@@ -196,18 +255,27 @@ mod contract_tests {
     fn empty_interest_reports_nothing_even_after_hang_up() {
         for (name, b) in backends() {
             let (a, peer) = pair();
-            unsafe { b.register(a.as_raw_fd(), 1, Interest::NONE).unwrap() };
+            unsafe {
+                b.register(a.as_raw_fd(), 1, Interest::NONE, Trigger::Level)
+                    .unwrap()
+            };
             let (c, peer2) = pair();
-            unsafe { b.register(c.as_raw_fd(), 2, Interest::READABLE).unwrap() };
-            b.reregister(c.as_raw_fd(), 2, Interest::NONE).unwrap();
-            b.reregister(c.as_raw_fd(), 2, Interest::NONE).unwrap();
+            unsafe {
+                b.register(c.as_raw_fd(), 2, Interest::READABLE, Trigger::Level)
+                    .unwrap()
+            };
+            b.reregister(c.as_raw_fd(), 2, Interest::NONE, Trigger::Level)
+                .unwrap();
+            b.reregister(c.as_raw_fd(), 2, Interest::NONE, Trigger::Level)
+                .unwrap();
             drop(peer);
             drop(peer2);
             for _ in 0..2 {
                 assert!(poll(&*b).is_empty(), "{name}");
             }
             // Hang-up is reported as readable once interest comes back.
-            b.reregister(a.as_raw_fd(), 1, Interest::READABLE).unwrap();
+            b.reregister(a.as_raw_fd(), 1, Interest::READABLE, Trigger::Level)
+                .unwrap();
             let ev = poll(&*b);
             assert_eq!(ev.len(), 1, "{name}");
             assert!(ev[0].readiness.readable, "{name}");
@@ -220,7 +288,10 @@ mod contract_tests {
     fn hang_up_reported_as_readable_and_writable_with_write_interest() {
         for (name, b) in backends() {
             let (a, peer) = pair();
-            unsafe { b.register(a.as_raw_fd(), 5, Interest::READABLE).unwrap() };
+            unsafe {
+                b.register(a.as_raw_fd(), 5, Interest::READABLE, Trigger::Level)
+                    .unwrap()
+            };
             assert!(poll(&*b).is_empty(), "{name}");
             drop(peer);
             for _ in 0..2 {
@@ -228,7 +299,8 @@ mod contract_tests {
                 assert_eq!(ev.len(), 1, "{name}");
                 assert!(ev[0].readiness.readable, "{name}");
             }
-            b.reregister(a.as_raw_fd(), 5, Interest::BOTH).unwrap();
+            b.reregister(a.as_raw_fd(), 5, Interest::BOTH, Trigger::Level)
+                .unwrap();
             let ev = poll(&*b);
             assert_eq!(ev.len(), 1, "{name}");
             assert!(
@@ -240,18 +312,76 @@ mod contract_tests {
     }
 
     #[test]
+    fn edge_registration_reports_each_rise_and_each_rearm() {
+        for (name, b) in backends() {
+            let (a, mut peer) = pair();
+            unsafe {
+                b.register(a.as_raw_fd(), 8, Interest::READABLE, Trigger::Edge)
+                    .unwrap()
+            };
+            assert!(poll(&*b).is_empty(), "{name}");
+            // Each arrival is reported, read or not.
+            for turn in 0..2 {
+                peer.write_all(b"x").unwrap();
+                let ev = poll(&*b);
+                assert_eq!(ev.len(), 1, "{name} turn {turn}");
+                assert!(ev[0].readiness.readable, "{name}");
+            }
+            // A new interest whose condition already holds is reported.
+            b.reregister(a.as_raw_fd(), 8, Interest::BOTH, Trigger::Edge)
+                .unwrap();
+            let ev = poll(&*b);
+            assert_eq!(ev.len(), 1, "{name}");
+            assert!(
+                ev[0].readiness.readable && ev[0].readiness.writable,
+                "{name}"
+            );
+            // So is a hang-up.
+            b.reregister(a.as_raw_fd(), 8, Interest::READABLE, Trigger::Edge)
+                .unwrap();
+            poll(&*b);
+            drop(peer);
+            let ev = poll(&*b);
+            assert_eq!(ev.len(), 1, "{name}");
+            assert!(ev[0].readiness.readable, "{name}");
+            b.deregister(a.as_raw_fd()).unwrap();
+        }
+    }
+
+    #[test]
+    fn epoll_reports_an_edge_registration_once_per_rise() {
+        let b = EpollBackend::new().unwrap();
+        let (a, mut peer) = pair();
+        unsafe {
+            b.register(a.as_raw_fd(), 9, Interest::READABLE, Trigger::Edge)
+                .unwrap()
+        };
+        peer.write_all(b"x").unwrap();
+        assert_eq!(poll(&b).len(), 1);
+        // The byte is still unread, but nothing new arrived: not reported again.
+        assert!(poll(&b).is_empty());
+        b.deregister(a.as_raw_fd()).unwrap();
+    }
+
+    #[test]
     fn deregistered_fd_reused_under_new_key() {
         for (name, b) in backends() {
             let (a, mut peer) = pair();
             let fd = a.as_raw_fd();
-            unsafe { b.register(fd, 10, Interest::READABLE).unwrap() };
+            unsafe {
+                b.register(fd, 10, Interest::READABLE, Trigger::Level)
+                    .unwrap()
+            };
             peer.write_all(b"x").unwrap();
             b.deregister(fd).unwrap();
             drop(a);
             drop(peer);
             let (a2, mut peer2) = pair();
             // Usually the same descriptor number comes back.
-            unsafe { b.register(a2.as_raw_fd(), 11, Interest::READABLE).unwrap() };
+            unsafe {
+                b.register(a2.as_raw_fd(), 11, Interest::READABLE, Trigger::Level)
+                    .unwrap()
+            };
             assert!(poll(&*b).is_empty(), "{name}");
             peer2.write_all(b"y").unwrap();
             let ev = poll(&*b);

@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Backend, BackendEvent, Interest, Waker};
+use super::{Backend, BackendEvent, Interest, Trigger, Waker};
 
 pub(crate) struct NullBackend;
 
@@ -29,11 +29,23 @@ fn refuse() -> io::Error {
 }
 
 impl Backend for NullBackend {
-    unsafe fn register(&self, _fd: RawFd, _key: usize, _interest: Interest) -> io::Result<()> {
+    unsafe fn register(
+        &self,
+        _fd: RawFd,
+        _key: usize,
+        _interest: Interest,
+        _trigger: Trigger,
+    ) -> io::Result<()> {
         Err(refuse())
     }
 
-    fn reregister(&self, _fd: RawFd, _key: usize, _interest: Interest) -> io::Result<()> {
+    fn reregister(
+        &self,
+        _fd: RawFd,
+        _key: usize,
+        _interest: Interest,
+        _trigger: Trigger,
+    ) -> io::Result<()> {
         Err(refuse())
     }
 

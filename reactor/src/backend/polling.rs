@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use polling::{Event, Events, PollMode, Poller};
 
-use super::{Backend, BackendEvent, Interest, Readiness, Waker};
+use super::{Backend, BackendEvent, Interest, Readiness, Trigger, Waker};
 
 pub(crate) struct PollingBackend {
     poller: Arc<Poller>,
@@ -55,7 +55,15 @@ impl Waker for PollerWaker {
 }
 
 impl Backend for PollingBackend {
-    unsafe fn register(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()> {
+    // Edge registrations are kept level (the contract allows it): `polling`'s edge mode is not
+    // offered on every platform it serves.
+    unsafe fn register(
+        &self,
+        fd: RawFd,
+        key: usize,
+        interest: Interest,
+        _trigger: Trigger,
+    ) -> io::Result<()> {
         if interest == Interest::NONE {
             return Ok(()); // added when it first wants something (see `reregister`)
         }
@@ -66,7 +74,13 @@ impl Backend for PollingBackend {
         }
     }
 
-    fn reregister(&self, fd: RawFd, key: usize, interest: Interest) -> io::Result<()> {
+    fn reregister(
+        &self,
+        fd: RawFd,
+        key: usize,
+        interest: Interest,
+        _trigger: Trigger,
+    ) -> io::Result<()> {
         // SAFETY: registered descriptors stay open until deregistered (`register`'s contract).
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
         if interest == Interest::NONE {
@@ -110,6 +124,7 @@ impl Backend for PollingBackend {
             readiness: Readiness {
                 readable: ev.readable,
                 writable: ev.writable,
+                hang_up: false,
             },
         }));
         Ok(())
