@@ -173,8 +173,23 @@
 //!
 //! # Backends
 //!
-//! On Linux the reactor uses level-triggered epoll directly (through rustix): one system call
-//! per wait. The portable backend on the `polling` crate is available everywhere through
+//! On Linux the reactor uses epoll directly (through rustix): one system call per wait.
+//!
+//! Stream connections (TCP and Unix, accepted or connected) are registered edge-triggered
+//! (`EPOLLET`), as tokio and mio register their sockets. A level-triggered registration makes
+//! the kernel poll every reported socket once more at the next wait, to learn whether it is
+//! still ready: one socket poll per wake-up, paid on every round trip by an echo server with
+//! many clients. Edge triggering hands the connection a duty instead: it reads until a read
+//! comes back short or `WouldBlock`, and when it stops sooner to be fair to the others
+//! (`ConnectionConfig::max_reads_per_turn` used up), the reactor itself reports it readable
+//! again on the next turn, without asking the kernel. `EPOLLRDHUP` tells a short read whether
+//! the end of stream waits behind it, so a FIN that arrived with the last data is not missed.
+//! Pausing reading removes read interest and resuming restores it, which makes the kernel
+//! look at the socket afresh. Listening sockets, datagram sockets and the signal pipe stay
+//! level-triggered: they stop early by design (the adaptive accept batch, the datagram
+//! budget) and wake rarely. BENCHMARKS.md has what the change measured.
+//!
+//! The portable backend on the `polling` crate is available everywhere through
 //! [`Reactor::with_backend`](crate::Reactor::with_backend) (`torsion serve --reactor
 //! polling`) and is the default on other platforms. It registers sources in `polling`'s
 //! level-triggered mode, not one-shot: the contract is level semantics, and one-shot would

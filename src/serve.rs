@@ -92,7 +92,7 @@ pub struct ServeArgs {
 pub enum ReactorChoice {
     /// The platform's best (see the manual's *Backends*).
     Auto,
-    /// Level-triggered epoll through rustix (Linux only).
+    /// epoll through rustix (Linux only).
     Epoll,
     /// The portable `polling` crate.
     Polling,

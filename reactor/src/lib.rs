@@ -4,8 +4,8 @@
 //! # The model
 //!
 //! A [`Reactor`] is a single-threaded event loop. It owns every connection, listening port and
-//! timer created on it, waits for readiness (level-triggered epoll on Linux, the `polling`
-//! crate elsewhere; see [`BackendKind`]), and calls user code back:
+//! timer created on it, waits for readiness (epoll on Linux, the `polling` crate elsewhere;
+//! see [`BackendKind`]), and calls user code back:
 //!
 //! - a [`Factory`] builds one [`Protocol`] per connection;
 //! - the protocol receives [`Protocol::data_received`] with whatever bytes arrived (any

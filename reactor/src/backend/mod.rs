@@ -52,7 +52,8 @@ pub enum BackendKind {
     /// [`BackendKind::Polling`] elsewhere.
     #[default]
     Auto,
-    /// Level-triggered epoll through rustix: one system call per wait (Linux only).
+    /// epoll through rustix: one system call per wait (Linux only). Stream connections are
+    /// registered edge-triggered, everything else level-triggered.
     Epoll,
     /// The portable `polling` crate (epoll, kqueue, …) in level-triggered mode.
     Polling,
