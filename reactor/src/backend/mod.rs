@@ -204,6 +204,13 @@ mod contract_tests {
         ev
     }
 
+    /// Polls and expects exactly one event; returns its readiness.
+    fn only(b: &dyn Backend, name: &str) -> Readiness {
+        let ev = poll(b);
+        assert_eq!(ev.len(), 1, "{name}: {ev:?}");
+        ev[0].readiness
+    }
+
     #[test]
     fn unread_data_is_reported_again() {
         for (name, b) in backends() {
@@ -277,9 +284,7 @@ mod contract_tests {
             // Hang-up is reported as readable once interest comes back.
             b.reregister(a.as_raw_fd(), 1, Interest::READABLE, Trigger::Level)
                 .unwrap();
-            let ev = poll(&*b);
-            assert_eq!(ev.len(), 1, "{name}");
-            assert!(ev[0].readiness.readable, "{name}");
+            assert!(only(&*b, name).readable, "{name}");
             b.deregister(a.as_raw_fd()).unwrap();
             b.deregister(c.as_raw_fd()).unwrap();
         }
@@ -296,18 +301,12 @@ mod contract_tests {
             assert!(poll(&*b).is_empty(), "{name}");
             drop(peer);
             for _ in 0..2 {
-                let ev = poll(&*b);
-                assert_eq!(ev.len(), 1, "{name}");
-                assert!(ev[0].readiness.readable, "{name}");
+                assert!(only(&*b, name).readable, "{name}");
             }
             b.reregister(a.as_raw_fd(), 5, Interest::BOTH, Trigger::Level)
                 .unwrap();
-            let ev = poll(&*b);
-            assert_eq!(ev.len(), 1, "{name}");
-            assert!(
-                ev[0].readiness.readable && ev[0].readiness.writable,
-                "{name}"
-            );
+            let r = only(&*b, name);
+            assert!(r.readable && r.writable, "{name}");
             b.deregister(a.as_raw_fd()).unwrap();
         }
     }
@@ -331,20 +330,14 @@ mod contract_tests {
             // A new interest whose condition already holds is reported.
             b.reregister(a.as_raw_fd(), 8, Interest::BOTH, Trigger::Edge)
                 .unwrap();
-            let ev = poll(&*b);
-            assert_eq!(ev.len(), 1, "{name}");
-            assert!(
-                ev[0].readiness.readable && ev[0].readiness.writable,
-                "{name}"
-            );
+            let r = only(&*b, name);
+            assert!(r.readable && r.writable, "{name}");
             // So is a hang-up.
             b.reregister(a.as_raw_fd(), 8, Interest::READABLE, Trigger::Edge)
                 .unwrap();
             poll(&*b);
             drop(peer);
-            let ev = poll(&*b);
-            assert_eq!(ev.len(), 1, "{name}");
-            assert!(ev[0].readiness.readable, "{name}");
+            assert!(only(&*b, name).readable, "{name}");
             b.deregister(a.as_raw_fd()).unwrap();
         }
     }
