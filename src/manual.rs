@@ -182,8 +182,11 @@
 //! many clients. Edge triggering hands the connection a duty instead: it reads until a read
 //! comes back short or `WouldBlock`, and when it stops sooner to be fair to the others
 //! (`ConnectionConfig::max_reads_per_turn` used up), the reactor itself reports it readable
-//! again on the next turn, without asking the kernel. `EPOLLRDHUP` tells a short read whether
-//! the end of stream waits behind it, so a FIN that arrived with the last data is not missed.
+//! again on the next turn, without asking the kernel. A short read is only trusted to mean
+//! "empty" where the kernel does not end reads early: `EPOLLRDHUP` and `EPOLLPRI` say when
+//! the end of stream or data past an urgent mark waits behind the data (the connection then
+//! reads on to `WouldBlock`), and a Unix socket's read goes on past a message that carried
+//! descriptors.
 //! Pausing reading removes read interest and resuming restores it, which makes the kernel
 //! look at the socket afresh. Listening sockets, datagram sockets and the signal pipe stay
 //! level-triggered: they stop early by design (the adaptive accept batch, the datagram

@@ -79,7 +79,9 @@ impl Default for ConnectionConfig {
 /// [`attach`](StreamIo::attach). Dropping the object closes the pipe.
 ///
 /// Readiness may be edge-triggered ([`Registered::new_edge_triggered`](crate::Registered)):
-/// the connection reads until a read comes back `WouldBlock` or shorter than asked, and when
+/// the connection reads until a read comes back `WouldBlock` or shorter than asked (so a
+/// pipe's `read` fills the buffer whenever it can, reading on past whatever ends a read early
+/// with more queued; [`Readiness::read_stops_early`] covers what only the backend sees), and when
 /// it stops before that (its fair share of reads per turn used up) it calls
 /// [`read_again`](StreamIo::read_again).
 pub trait StreamIo: 'static {
@@ -151,8 +153,9 @@ struct State {
     read_eof: bool,
     write_closing: bool,
     write_shut: bool,
-    /// The backend reported the peer's hang-up or an error: reads go on past a short one.
-    hang_up: bool,
+    /// The backend reported a hang-up, an error or urgent data, after which a short read may
+    /// leave data queued: from then on reads go on past a short one (to `WouldBlock`).
+    read_stops_early: bool,
     half_close: bool,
     /// `Some(streaming)` while a producer is registered.
     producer: Option<bool>,
@@ -349,7 +352,7 @@ impl<IO: StreamIo> StreamConnection<IO> {
                 read_eof: false,
                 write_closing: false,
                 write_shut: false,
-                hang_up: false,
+                read_stops_early: false,
                 half_close,
                 producer: None,
                 pending: 0,
@@ -958,10 +961,10 @@ impl<IO: StreamIo> StreamConnection<IO> {
                         if !discard {
                             self.with_protocol(|p, t| p.data_received(t, &buf[..n]));
                         }
-                        // A short read emptied the socket, unless the end of stream (or an
-                        // error) waits behind it: an edge-triggered socket that hung up is
-                        // not reported again.
-                        if n < size && !self.st.borrow().hang_up {
+                        // A short read emptied the socket, unless the backend said reads
+                        // may stop early (the end of stream, an error or data past an
+                        // urgent mark waits behind it), which is not reported again.
+                        if n < size && !self.st.borrow().read_stops_early {
                             break 'read;
                         }
                     }
@@ -1029,7 +1032,7 @@ impl<IO: StreamIo> Source for StreamConnection<IO> {
         };
         let was_paused = {
             let mut st = self.st.borrow_mut();
-            st.hang_up |= readiness.hang_up;
+            st.read_stops_early |= readiness.read_stops_early;
             st.read_paused
         };
         if readiness.writable {

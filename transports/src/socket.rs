@@ -1,11 +1,13 @@
 //! [`StreamIo`] over a registered, non-blocking stream socket (TCP or Unix).
 
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use rustix::net::{sockopt, SendAncillaryBuffer, SendFlags};
+use rustix::net::{
+    sockopt, RecvAncillaryBuffer, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendFlags,
+};
 use socket2::Socket;
 use torsion_reactor::{Interest, Keepalive, PeerCredentials, Registered, Source, StreamIo};
 
@@ -37,7 +39,10 @@ pub(crate) struct SocketIo {
 
 impl StreamIo for SocketIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reg.get_ref().read(buf)
+        match self.kind {
+            SocketKind::Tcp => self.reg.get_ref().read(buf),
+            SocketKind::Unix => read_unix(self.reg.get_ref().as_fd(), buf),
+        }
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -113,6 +118,37 @@ impl StreamIo for SocketIo {
             uid: cred.uid.as_raw(),
             gid: cred.gid.as_raw(),
         })
+    }
+}
+
+/// Reads from a Unix stream socket, on past messages that carried descriptors.
+///
+/// The kernel ends a read at a message with descriptors attached (`SCM_RIGHTS`), however many
+/// bytes are queued behind it. The connection takes a short read to mean "empty", and with
+/// edge-triggered readiness nothing would report those bytes again, so such a read goes on
+/// into the rest of the buffer. The descriptors are closed unread, as a plain `read` does:
+/// with no room for control data the kernel drops them and says so with `MSG_CTRUNC`.
+fn read_unix(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    loop {
+        let result = rustix::net::recvmsg(
+            fd,
+            &mut [IoSliceMut::new(&mut buf[filled..])],
+            &mut RecvAncillaryBuffer::default(),
+            RecvFlags::empty(),
+        );
+        match result {
+            Ok(msg) => {
+                filled += msg.bytes;
+                let cut_at_descriptors = msg.flags.contains(ReturnFlags::CTRUNC);
+                if msg.bytes == 0 || filled == buf.len() || !cut_at_descriptors {
+                    return Ok(filled);
+                }
+            }
+            // What was read is delivered; `WouldBlock` or the error comes back next time.
+            Err(_) if filled > 0 => return Ok(filled),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -48,8 +48,9 @@ fn flags(interest: Interest, trigger: Trigger) -> EventFlags {
     if interest.readable {
         f |= EventFlags::IN;
         if trigger == Trigger::Edge {
-            // Tells a read that comes up short whether the end of stream waits behind it.
-            f |= EventFlags::RDHUP;
+            // Tell a read that comes up short whether more waits behind it: the end of stream
+            // (RDHUP) or data past an urgent mark (PRI), where stream reads stop early.
+            f |= EventFlags::RDHUP | EventFlags::PRI;
         }
     }
     if interest.writable {
@@ -164,9 +165,10 @@ impl Backend for EpollBackend {
             out.push(BackendEvent {
                 key: key as usize,
                 readiness: Readiness {
-                    readable: error || f.intersects(EventFlags::IN | EventFlags::RDHUP),
+                    readable: error
+                        || f.intersects(EventFlags::IN | EventFlags::RDHUP | EventFlags::PRI),
                     writable: error || f.contains(EventFlags::OUT),
-                    hang_up: error || f.contains(EventFlags::RDHUP),
+                    read_stops_early: error || f.intersects(EventFlags::RDHUP | EventFlags::PRI),
                 },
             });
         }

@@ -15,7 +15,8 @@
 //!   be reported only when its readiness rises (data arrives, room frees up, the peer hangs
 //!   up) and when `reregister` gives it an interest whose condition already holds. Its owner
 //!   reads until the descriptor says it is empty (`WouldBlock`, or a stream read shorter than
-//!   asked) or asks the reactor to report it again next turn
+//!   asked when [`Readiness::read_stops_early`] was never reported) or asks the reactor to
+//!   report it again next turn
 //!   ([`Registered::ready_again`](crate::Registered::ready_again)). This spares the kernel
 //!   polling every reported descriptor a second time on the next wait. A backend may treat an
 //!   edge registration as level (the portable backend does): level reports only add wake-ups,
@@ -113,11 +114,12 @@ pub struct Readiness {
     pub readable: bool,
     /// The source can be written, or has an error pending.
     pub writable: bool,
-    /// The peer hung up or an error is pending (reported by edge registrations, where the
-    /// backend can tell): a read shorter than asked no longer means the descriptor is empty,
-    /// since the end of stream or the error still waits behind the data, and nothing may
-    /// report the descriptor again. Read on until `Ok(0)`, the error or `WouldBlock`.
-    pub hang_up: bool,
+    /// A read may stop short of what is queued (reported by edge registrations, where the
+    /// backend can tell): the peer hung up or an error is pending (either waits behind the
+    /// data), or urgent data arrived (a TCP or Unix stream read stops at the urgent mark). A
+    /// read shorter than asked then does not mean the descriptor is empty, and nothing may
+    /// report it again: read on until `Ok(0)`, an error or `WouldBlock`.
+    pub read_stops_early: bool,
 }
 
 impl Readiness {
@@ -125,13 +127,13 @@ impl Readiness {
     pub const READABLE: Readiness = Readiness {
         readable: true,
         writable: false,
-        hang_up: false,
+        read_stops_early: false,
     };
     /// Writable only.
     pub const WRITABLE: Readiness = Readiness {
         readable: false,
         writable: true,
-        hang_up: false,
+        read_stops_early: false,
     };
 }
 

@@ -124,7 +124,7 @@ impl Backend for PollingBackend {
             readiness: Readiness {
                 readable: ev.readable,
                 writable: ev.writable,
-                hang_up: false,
+                read_stops_early: false,
             },
         }));
         Ok(())

@@ -90,7 +90,7 @@ impl End {
         Readiness {
             readable: interest.readable && self.rx.borrow().readable(),
             writable: interest.writable && self.tx.borrow().writable(),
-            hang_up: false,
+            read_stops_early: false,
         }
     }
 
