@@ -464,7 +464,7 @@ impl ConnectorInner {
         let lost_in_hook = lost.clone();
         let conn = StreamConnection::start(
             reactor,
-            SocketIo { reg, kind },
+            SocketIo::new(reg, kind),
             protocol,
             addr,
             local,

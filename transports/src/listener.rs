@@ -230,10 +230,7 @@ impl Listener {
         let weak = self.me.clone();
         let conn = StreamConnection::start(
             reactor,
-            SocketIo {
-                reg,
-                kind: self.kind,
-            },
+            SocketIo::new(reg, self.kind),
             protocol,
             peer,
             local,
