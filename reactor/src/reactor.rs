@@ -120,10 +120,8 @@ pub(crate) struct Inner {
     read_buf: Cell<Option<ReadBuffer>>,
     events: Cell<Vec<BackendEvent>>,
     /// Keys of edge-triggered sources that stopped reading early: told readable again next
-    /// turn ([`Registered::ready_again`](crate::Registered::ready_again)). The spare keeps the
-    /// other list's allocation between turns.
+    /// turn ([`Registered::ready_again`](crate::Registered::ready_again)).
     again: RefCell<Vec<usize>>,
-    again_spare: Cell<Vec<usize>>,
     signals: RefCell<Vec<signal_hook::SigId>>,
 }
 
@@ -358,7 +356,6 @@ impl Reactor {
                 read_buf: Cell::new(None),
                 events: Cell::new(Vec::with_capacity(1024)),
                 again: RefCell::new(Vec::new()),
-                again_spare: Cell::new(Vec::new()),
                 signals: RefCell::new(Vec::new()),
             }),
         }
@@ -699,8 +696,9 @@ impl Reactor {
         // was forced. `stop`'s wake-up cannot be relied on: the busy-poll spin consumes it.
         let stopping = self.inner.state.get() == RunState::Stopping
             && (self.inner.holds.get() == 0 || limit.is_none() || self.inner.force_stop.get());
-        let again = self.inner.again.replace(self.inner.again_spare.take());
-        let timeout = if !block || !again.is_empty() || self.has_ready_work() || stopping {
+        // Keys queued before this wait; the ones queued while dispatching wait for the next.
+        let again = self.inner.again.borrow().len();
+        let timeout = if !block || self.has_ready_work() || stopping {
             Some(Duration::ZERO)
         } else {
             let now = self.now();
@@ -715,19 +713,17 @@ impl Reactor {
         events.clear();
         if let Err(e) = self.wait(&mut events, timeout) {
             self.inner.events.set(events);
-            self.inner.again.borrow_mut().extend(again);
             return Err(Error::io("wait for events", e));
         }
         for ev in &events {
             self.dispatch(ev.key, ev.readiness);
         }
         self.inner.events.set(events);
-        for &key in &again {
+        for i in 0..again {
+            let key = self.inner.again.borrow()[i];
             self.dispatch(key, Readiness::READABLE);
         }
-        let mut again = again;
-        again.clear();
-        self.inner.again_spare.set(again);
+        self.inner.again.borrow_mut().drain(..again);
         self.run_from_threads();
         Ok(())
     }

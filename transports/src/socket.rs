@@ -40,44 +40,51 @@ pub(crate) enum SocketKind {
 pub(crate) struct SocketIo {
     reg: Registered<Socket>,
     kind: SocketKind,
-    /// A Unix socket that cannot receive descriptors: a short read means it is empty.
-    descriptors_refused: bool,
+    /// A Unix socket that may receive descriptors: read with [`read_unix`].
+    may_receive_descriptors: bool,
 }
 
 impl SocketIo {
     pub(crate) fn new(reg: Registered<Socket>, kind: SocketKind) -> Self {
-        let descriptors_refused = kind == SocketKind::Unix && refuse_descriptors(reg.get_ref());
+        let may_receive_descriptors =
+            kind == SocketKind::Unix && !refuse_descriptors(reg.get_ref());
         SocketIo {
             reg,
             kind,
-            descriptors_refused,
+            may_receive_descriptors,
         }
     }
 }
 
 /// Turns `SO_PASSRIGHTS` off; whether the kernel took it.
-#[cfg(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    )
-))]
 #[allow(unsafe_code)] // neither rustix nor socket2 binds this option yet
 fn refuse_descriptors(socket: &Socket) -> bool {
     use std::os::fd::AsRawFd;
-    /// `include/uapi/asm-generic/socket.h`, Linux 6.16 (the architectures above use it).
-    const SO_PASSRIGHTS: libc::c_int = 83;
+    /// `include/uapi/asm-generic/socket.h`, Linux 6.16, which these architectures use.
+    const SO_PASSRIGHTS: Option<libc::c_int> = if cfg!(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64"
+        )
+    )) {
+        Some(83)
+    } else {
+        None
+    };
+    let Some(option) = SO_PASSRIGHTS else {
+        return false;
+    };
     let off: libc::c_int = 0;
     // SAFETY: a valid socket descriptor, and a pointer to an int of the length given.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_PASSRIGHTS,
+            option,
             (&off as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -85,24 +92,9 @@ fn refuse_descriptors(socket: &Socket) -> bool {
     rc == 0
 }
 
-/// Turns `SO_PASSRIGHTS` off; whether the kernel took it (never, on this platform).
-#[cfg(not(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    )
-)))]
-fn refuse_descriptors(_socket: &Socket) -> bool {
-    false
-}
-
 impl StreamIo for SocketIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.kind == SocketKind::Unix && !self.descriptors_refused {
+        if self.may_receive_descriptors {
             return read_unix(self.reg.get_ref().as_fd(), buf);
         }
         self.reg.get_ref().read(buf)
